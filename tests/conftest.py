@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny random SAM3 checkpoint on disk, loaded like a real one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+FULL_CONFIG = REPO / "configs" / "full_lora_config.yaml"
+LORA_KEYS_TSV = REPO.parent / "shared" / "medsam3_v1" / "lora_keys.tsv"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from medsam3.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_sam3"))
+
+
+def write_config(path: Path, model_name: str | Path, **sections) -> Path:
+    """The shipped config with model.name pointed at a local checkpoint, plus overrides per section."""
+    raw = yaml.safe_load(FULL_CONFIG.read_text())
+    raw["model"]["name"] = str(model_name)
+    raw["output"]["output_dir"] = str(path.parent / "outputs")
+    for section, values in sections.items():
+        raw[section].update(values)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_checkpoint) -> Path:
+    return write_config(tmp_path / "tiny.yaml", tiny_checkpoint, hardware={"device": "cpu"})
+
+
+@pytest.fixture(scope="session")
+def rgb_image() -> np.ndarray:
+    """A non-square image with structure (a bright disc and a dark square) at a size != model input."""
+    rng = np.random.RandomState(0)
+    img = (rng.rand(90, 130, 3) * 60 + 60).astype(np.uint8)
+    yy, xx = np.mgrid[:90, :130]
+    img[(yy - 40) ** 2 + (xx - 40) ** 2 < 20 ** 2] = (230, 220, 210)
+    img[50:80, 80:120] = (20, 30, 40)
+    return img

@@ -105,8 +105,9 @@ def read_peft_adapter(path: str | Path) -> AdapterWeights:
                           rank_must_match_config=declared, base_model=base_model)
 
 
-def _names(keys) -> list[str]:
-    return sorted(k.removeprefix("base_model.model.") for k in keys)
+def _layers(keys) -> list[str]:
+    """Module names of PEFT keys (one per layer, not per lora_A/lora_B tensor)."""
+    return sorted({k.removeprefix("base_model.model.").split(".lora_")[0] for k in keys})
 
 
 def apply_adapter(model: torch.nn.Module, lora: LoraConfigSection, adapter: AdapterWeights) -> PeftModel:
@@ -130,11 +131,13 @@ def apply_adapter(model: torch.nn.Module, lora: LoraConfigSection, adapter: Adap
     if missing or unexpected:
         parts = [f"{adapter.origin}: adapter does not match the model's LoRA layers"]
         if unexpected:
-            parts.append(f"{len(unexpected)} adapter keys have no LoRA layer in the model "
-                         f"(first: {_names(unexpected)[:_SHOW]})")
+            layers = _layers(unexpected)
+            parts.append(f"{len(layers)} adapter layers ({len(unexpected)} tensors) have no LoRA layer in the model "
+                         f"(first: {layers[:_SHOW]})")
         if missing:
-            parts.append(f"{len(missing)} LoRA layers of the model are not in the adapter "
-                         f"(first: {_names(missing)[:_SHOW]})")
+            layers = _layers(missing)
+            parts.append(f"{len(layers)} LoRA layers of the model ({len(missing)} tensors) are not in the adapter "
+                         f"(first: {layers[:_SHOW]})")
         parts.append("check lora.target_modules and the apply_to_* flags against how the adapter was trained")
         raise AdapterError("; ".join(parts))
     wrong = [(k, tuple(adapter.state[k].shape), tuple(v.shape)) for k, v in expected.items()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import Sam3Model, Sam3Processor
+from transformers import Sam3Config, Sam3Model, Sam3Processor
 
 from .config import LoraConfigSection, ModelConfig
 from .lora_targets import select_lora_targets
@@ -46,7 +46,14 @@ def load_base_model(model_cfg: ModelConfig) -> tuple[Sam3Model, Sam3Processor]:
     source = str(local) if is_local else name
     kwargs = {} if is_local else {"cache_dir": model_cfg.cache_dir, "revision": model_cfg.revision}
     try:
-        model = Sam3Model.from_pretrained(source, **kwargs)
+        if model_cfg.resolution is not None:
+            # The ViT's global-attention positions are built from config.image_size: set it before building.
+            config = Sam3Config.from_pretrained(source, **kwargs)
+            config.image_size = model_cfg.resolution
+            kwargs_model = {**kwargs, "config": config}
+        else:
+            kwargs_model = kwargs
+        model = Sam3Model.from_pretrained(source, **kwargs_model)
         processor = Sam3Processor.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise ModelLoadError(

@@ -74,15 +74,15 @@ def test_keys_that_do_not_match_are_named_and_counted(tiny_config, trained_adapt
     with pytest.raises(AdapterError) as err:
         load_model(load_config(tiny_config), weights=str(path))
     msg = str(err.value)
-    assert "1 adapter keys have no LoRA layer" in msg and "not_a_layer" in msg
-    assert f"{len(dropped)} LoRA layers of the model are not in the adapter" in msg
+    assert "1 adapter layers (1 tensors) have no LoRA layer" in msg and "not_a_layer" in msg
+    assert f"{len(dropped) // 2} LoRA layers of the model ({len(dropped)} tensors) are not in the adapter" in msg
     assert "mask_decoder.prompt_cross_attn" in msg
 
 
 def test_flag_mismatch_is_an_error_not_silence(tiny_config, trained_adapter):
     path, _ = trained_adapter
     cfg = load_config(tiny_config, ["lora.apply_to_mask_decoder=false"])
-    with pytest.raises(AdapterError, match="8 adapter keys have no LoRA layer"):
+    with pytest.raises(AdapterError, match=r"4 adapter layers \(8 tensors\) have no LoRA layer"):
         load_model(cfg, weights=str(path))
 
 

@@ -82,3 +82,25 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, resolution: int = 
     processor = Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def _demo_image(path: Path) -> Path:
+    """A synthetic grayscale 'scan' (bright organ-like ellipse, dark lesion) for smoke runs."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[:256, :320]
+    img = np.full((256, 320), 60, np.uint8)
+    img[((yy - 128) / 90) ** 2 + ((xx - 150) / 120) ** 2 < 1] = 150
+    img[((yy - 110) / 20) ** 2 + ((xx - 190) / 25) ** 2 < 1] = 90
+    Image.fromarray(img).save(path)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny_sam3")
+    build_tiny_checkpoint(target)
+    _demo_image(target / "demo.png")
+    sys.stdout.write(f"tiny random SAM3 checkpoint and demo.png written to {target}\n")

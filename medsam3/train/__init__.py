@@ -1,0 +1,1 @@
+"""Training: matching, losses (and, from other modules, the training loop)."""

@@ -15,6 +15,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 FULL_CONFIG = REPO / "configs" / "full_lora_config.yaml"
 LORA_KEYS_TSV = REPO.parent / "shared" / "medsam3_v1" / "lora_keys.tsv"
+# A copy travels with the tests so a clone without shared/ still checks the 916 MedSAM3-v1 keys.
+LORA_KEYS_VENDORED = REPO / "tests" / "fixtures" / "medsam3_v1_lora_keys.tsv.gz"
+
+
+def medsam3_v1_key_rows() -> list[dict[str, str]]:
+    """The rows of MedSAM3-v1's adapter key table (shared/ when present, else the vendored copy)."""
+    import csv
+    import gzip
+
+    if LORA_KEYS_TSV.is_file():
+        text = LORA_KEYS_TSV.read_text()
+    else:
+        text = gzip.decompress(LORA_KEYS_VENDORED.read_bytes()).decode()
+    return list(csv.DictReader(text.splitlines(), delimiter="\t"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The LoRA layer set on the full-size architecture (built on the meta device: no memory)."""
 
-import csv
 import re
 
 import pytest
@@ -9,7 +8,7 @@ from transformers import Sam3Config, Sam3Model
 
 from medsam3.config import load_config
 from medsam3.lora_targets import COMPONENTS, select_lora_targets
-from tests.conftest import FULL_CONFIG, LORA_KEYS_TSV
+from tests.conftest import FULL_CONFIG, LORA_KEYS_TSV, LORA_KEYS_VENDORED, medsam3_v1_key_rows
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +18,7 @@ def full_model():
 
 
 def medsam3_v1_targets() -> set[str]:
-    if not LORA_KEYS_TSV.is_file():
-        pytest.skip(f"{LORA_KEYS_TSV} not present (shared/ is laid beside the checkout in dev and CI)")
-    with LORA_KEYS_TSV.open() as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = medsam3_v1_key_rows()
     assert len(rows) == 916
     return {m for r in rows if r["status"] != "NO_HF_COUNTERPART" for m in r["hf_target_modules"].split(",")}
 
@@ -67,3 +63,12 @@ def test_target_names_follow_upstream_contains_rule(full_model):
     # c_fc: CLIP's first MLP layer (24); linear2: second MLP layer of geometry (3), DETR enc (6) and dec (6).
     assert len(selected) == 24 + 3 + 6 + 6
     assert sum(n.startswith("text_encoder") and n.endswith("mlp.fc1") for n in selected) == 24
+
+
+def test_vendored_key_table_matches_shared():
+    """The copy under tests/fixtures must not drift from shared/medsam3_v1/lora_keys.tsv."""
+    import gzip
+
+    if not LORA_KEYS_TSV.is_file():
+        pytest.skip("shared/ not laid beside this checkout")
+    assert gzip.decompress(LORA_KEYS_VENDORED.read_bytes()).decode() == LORA_KEYS_TSV.read_text()

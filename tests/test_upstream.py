@@ -1,6 +1,5 @@
 """Upstream MedSAM3 .pt adapters: exact conversion, round trip, merge, and refusal of bad files."""
 
-import csv
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ from medsam3.upstream import (
     map_meta_module, meta_module_for, upstream_to_peft,
 )
 from medsam3.weights import load_model
-from tests.conftest import FULL_CONFIG, LORA_KEYS_TSV
+from tests.conftest import FULL_CONFIG, medsam3_v1_key_rows
 
 RANK, ALPHA = 4, 8.0
 POINT_LAYERS = {"geometry_encoder.points_direct_project": (4, None), "geometry_encoder.points_pool_project": (None, None),
@@ -108,12 +107,10 @@ def test_upstream_adapter_matches_hand_merged_weights(tmp_path, tiny_checkpoint,
 
 def test_full_size_key_list_maps_onto_transformers_modules():
     """All 916 MedSAM3-v1 keys on the full architecture (meta device): modules exist, shapes fit, 519 layers."""
-    if not LORA_KEYS_TSV.is_file():
-        pytest.skip("shared/medsam3_v1/lora_keys.tsv not present")
     with torch.device("meta"):
         model = Sam3Model(Sam3Config())
     modules = dict(model.named_modules())
-    rows = list(csv.DictReader(LORA_KEYS_TSV.open(), delimiter="\t"))
+    rows = medsam3_v1_key_rows()
     assert len(rows) == 916
     state = {}
     for row in rows:

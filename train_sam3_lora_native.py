@@ -1,11 +1,9 @@
 #!/usr/bin/env python3
-"""LoRA fine-tuning of SAM3 on COCO data (MedSAM3). Not available yet in this release."""
+"""LoRA fine-tuning of SAM3 on COCO data (MedSAM3's entry point). See medsam3/cli/train.py."""
 
 import sys
 
+from medsam3.cli.train import main
+
 if __name__ == "__main__":
-    sys.stderr.write(
-        "train_sam3_lora_native.py: training is not implemented in this release yet "
-        "(tracked as the training issue); inference and adapter conversion work.\n"
-    )
-    sys.exit(2)
+    sys.exit(main())

@@ -18,11 +18,13 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 __all__ = [
+    "AugmentationConfig",
     "Config",
     "ConfigError",
     "EvaluationConfig",
     "HardwareConfig",
     "LoraConfigSection",
+    "LossConfig",
     "ModelConfig",
     "OutputConfig",
     "TrainingConfig",
@@ -99,6 +101,38 @@ class TrainingConfig:
     gradient_accumulation_steps: int = field(default=1, metadata=_range(1))
     num_negatives: int = field(default=3, metadata=_range(0))
     gradient_checkpointing: bool = False
+    train_annotation_file: Optional[str] = None
+    """Plain COCO: the training annotation JSON; ``train_data_path`` is then the image root."""
+    val_annotation_file: Optional[str] = None
+    """Plain COCO: the validation annotation JSON; ``val_data_path`` is then the image root."""
+    train_base_model: bool = False
+    """Also train every base SAM3 weight (full fine-tuning; LoRA layers are still added). Saves
+    full model directories (``best_model``/``last_model``) that ``model.name`` loads."""
+    max_steps: Optional[int] = field(default=None, metadata=_range(1))
+    """Stop after this many optimizer steps (null: ``num_epochs`` decides)."""
+
+
+@dataclass
+class AugmentationConfig:
+    """Train-time augmentation (``medsam3.data.AugmentConfig``); every default means off."""
+
+    hflip_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    vflip_prob: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    brightness: float = field(default=0.0, metadata=_range(0.0, 0.99))
+    contrast: float = field(default=0.0, metadata=_range(0.0, 0.99))
+
+
+@dataclass
+class LossConfig:
+    """Weights of SAM3's loss terms (defaults: SAM3's / upstream MedSAM3's)."""
+
+    loss_ce: float = field(default=20.0, metadata=_range(0.0))
+    loss_presence: float = field(default=20.0, metadata=_range(0.0))
+    loss_bbox: float = field(default=5.0, metadata=_range(0.0))
+    loss_giou: float = field(default=2.0, metadata=_range(0.0))
+    loss_mask: float = field(default=200.0, metadata=_range(0.0))
+    loss_dice: float = field(default=10.0, metadata=_range(0.0))
 
 
 @dataclass
@@ -132,6 +166,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -269,6 +305,9 @@ def _check_consistency(cfg: Config, origin: str) -> None:
             f"{origin}: model.resolution={cfg.model.resolution} must be a multiple of the patch size 14 "
             f"(e.g. 1008, 504, 336)"
         )
+    scale = cfg.augmentation.scale_range
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(f"{origin}: augmentation.scale_range must be [lo, hi] with 0 < lo <= hi, got {scale}")
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -63,7 +63,13 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
 
 
 def _is_box_list(obj) -> bool:
-    """True for one list of boxes ((K, 4) or a single (4,)), as opposed to one list per prompt."""
+    """True for one list of boxes ((K, 4) or a single (4,)), as opposed to one list per prompt.
+
+    A per-prompt list may hold ``None`` ("no boxes for this prompt"): ``[None] * 4`` is four
+    prompts without boxes, not one box of four NaN coordinates.
+    """
+    if not isinstance(obj, np.ndarray) and any(item is None for item in obj):
+        return False
     try:
         arr = np.asarray(obj, dtype=np.float32)
     except (ValueError, TypeError):
@@ -256,12 +262,19 @@ class Predictor:
         rows = [(0, p, b) for p, b in zip(prompts, per_prompt_boxes)]
         return self._decode(self._vision, [self._size], rows, threshold, nms_iou)
 
-    def predict_images(self, images: Sequence[ImageInput], prompts: str | Sequence[str], threshold: float = 0.5,
+    def predict_images(self, images: Sequence[ImageInput], prompts: str | Sequence[str], boxes=None,
+                       box_labels=None, threshold: float = 0.5,
                        nms_iou: float | None = 0.5) -> list[list[Detections]]:
-        """All prompts on each of several images with one batched vision pass (e.g. volume slices)."""
+        """All prompts on each of several images with one batched vision pass (e.g. volume slices).
+
+        ``boxes`` / ``box_labels`` as in :meth:`predict` (pixels of each image), applied to every
+        image. Returns one list of :class:`Detections` per image, in prompt order.
+        """
         prompts = self._check_prompts(prompts)
+        if len(images) == 0:
+            return []
+        per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         vision, sizes = self.encode_images(images)
-        empty = _normalise_boxes(None, None, 1)[0]
-        rows = [(i, p, empty) for i in range(len(sizes)) for p in prompts]
+        rows = [(i, p, b) for i in range(len(sizes)) for p, b in zip(prompts, per_prompt_boxes)]
         flat = self._decode(vision, sizes, rows, threshold, nms_iou)
         return [flat[i * len(prompts):(i + 1) * len(prompts)] for i in range(len(sizes))]

@@ -13,7 +13,7 @@ import torch
 from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-__all__ = ["TINY_RESOLUTION", "tiny_sam3_config", "tiny_tokenizer", "build_tiny_checkpoint"]
+__all__ = ["TINY_RESOLUTION", "tiny_sam3_config", "tiny_tokenizer", "build_tiny_checkpoint", "random_sam3"]
 
 TINY_RESOLUTION = 112
 _TEXT_CONTEXT = 32  # Sam3Processor pads prompts to 32 tokens
@@ -82,6 +82,23 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, resolution: int = 
     processor = Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def random_sam3(size: str = "tiny", resolution: int | None = None, seed: int = 0) -> tuple[Sam3Model, Sam3Processor]:
+    """A SAM3 with random weights, ``"tiny"`` or ``"full"`` (SAM3's own architecture), for benchmarks.
+
+    Timing and memory depend on the architecture and resolution, not on the weights, so the
+    full-size model measures what the released checkpoint would cost without the hub.
+    """
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    res = resolution or (TINY_RESOLUTION if size == "tiny" else 1008)
+    config = tiny_sam3_config(res) if size == "tiny" else Sam3Config()
+    config.image_size = res
+    torch.manual_seed(seed)
+    model = Sam3Model(config).eval()
+    processor = Sam3Processor(Sam3ImageProcessor(size={"height": res, "width": res}), tiny_tokenizer())
+    return model, processor
 
 
 def _demo_image(path: Path) -> Path:

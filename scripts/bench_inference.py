@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import torch
-from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+from transformers import Sam3Model, Sam3Processor
 
 from medsam3.config import ModelConfig
 from medsam3.model import load_base_model, resolve_device
 from medsam3.predictor import PAD_BOX, PAD_LABEL, Predictor
-from medsam3.tiny import TINY_RESOLUTION, tiny_sam3_config, tiny_tokenizer
+from medsam3.tiny import random_sam3
 
 PROMPTS = ["liver", "liver tumor", "kidney", "spleen", "pancreas", "gallbladder", "stomach", "aorta",
            "left lung", "right lung", "heart", "bladder", "prostate", "brain tumor", "skin lesion", "polyp"]
@@ -30,13 +30,7 @@ PROMPTS = ["liver", "liver tumor", "kidney", "spleen", "pancreas", "gallbladder"
 
 def build(model: str, resolution: int | None) -> tuple[Sam3Model, Sam3Processor]:
     if model in ("tiny", "full"):
-        res = resolution or (TINY_RESOLUTION if model == "tiny" else 1008)
-        config = tiny_sam3_config(res) if model == "tiny" else Sam3Config()
-        config.image_size = res
-        torch.manual_seed(0)
-        net = Sam3Model(config).eval()
-        processor = Sam3Processor(Sam3ImageProcessor(size={"height": res, "width": res}), tiny_tokenizer())
-        return net, processor
+        return random_sam3(model, resolution)
     return load_base_model(ModelConfig(name=model, resolution=resolution))
 
 

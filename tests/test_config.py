@@ -63,3 +63,19 @@ def test_defaults_without_a_file():
     cfg = load_config(None)
     assert cfg.model.name == "facebook/sam3"
     assert cfg.to_dict()["lora"]["rank"] == 16
+
+
+def test_training_sections_added_for_the_trainer():
+    cfg = load_config(FULL_CONFIG)
+    assert cfg.augmentation.scale_range == [1.0, 1.0] and cfg.augmentation.hflip_prob == 0.0
+    assert (cfg.loss.loss_ce, cfg.loss.loss_presence, cfg.loss.loss_mask, cfg.loss.loss_dice) == (20, 20, 200, 10)
+    assert cfg.training.train_base_model is False and cfg.training.max_steps is None
+    cfg = load_config(FULL_CONFIG, ["augmentation.scale_range=[0.8, 1.2]", "loss.loss_presence=50",
+                                    "training.train_annotation_file=ann.json", "training.max_steps=10"])
+    assert cfg.augmentation.scale_range == [0.8, 1.2] and cfg.loss.loss_presence == 50.0
+    with pytest.raises(ConfigError, match="augmentation.scale_range"):
+        load_config(FULL_CONFIG, ["augmentation.scale_range=[1.2, 0.8]"])
+    with pytest.raises(ConfigError, match="loss.loss_dice.*out of range"):
+        load_config(FULL_CONFIG, ["loss.loss_dice=-1"])
+    with pytest.raises(ConfigError, match="did you mean 'augmentation.hflip_prob'"):
+        load_config(FULL_CONFIG, ["augmentation.hflip=0.5"])

@@ -150,3 +150,31 @@ def test_bad_inputs(predictor, rgb_image):
         fresh.predict("liver", boxes=[[50, 50, 10, 10]])
     with pytest.raises(ValueError, match="2 prompts"):
         fresh.predict(["a", "b"], boxes=[[[1, 1, 5, 5]], [[1, 1, 5, 5]], [[1, 1, 5, 5]]])
+
+
+def test_per_prompt_none_boxes_are_not_one_box():
+    """[None] * 4 is four prompts without boxes, not one box of NaN coordinates."""
+    from medsam3.predictor import _normalise_boxes
+
+    for n in (4, 2):
+        rows = _normalise_boxes([None] * n, None, n)
+        assert len(rows) == n and all(b.shape == (0, 4) and lab.shape == (0,) for b, lab in rows)
+    rows = _normalise_boxes([None, [[1, 2, 3, 4]], None, None], [None, [0], None, None], 4)
+    assert [len(b) for b, _ in rows] == [0, 1, 0, 0] and rows[1][1].tolist() == [0]
+    (shared,) = _normalise_boxes([1, 2, 3, 4], None, 1)
+    assert shared[0].tolist() == [[1, 2, 3, 4]]
+
+
+def test_predict_images_takes_boxes(predictor, rgb_image):
+    box = [20, 20, 60, 60]
+    other = np.ascontiguousarray(rgb_image[:, ::-1])
+    batch = predictor.predict_images([rgb_image, other], ["liver", "tumor"], boxes=[[box], None],
+                                     threshold=0.0, nms_iou=None)
+    for image, per_image in zip([rgb_image, other], batch):
+        predictor.set_image(image)
+        expected = predictor.predict(["liver", "tumor"], boxes=[[box], None], threshold=0.0, nms_iou=None)
+        for a, b in zip(per_image, expected):
+            assert_same(a, b)
+    text_only = predictor.predict_images([rgb_image], ["liver"], threshold=0.0, nms_iou=None)[0][0]
+    assert np.abs(text_only.scores - batch[0][0].scores).max() > 1e-6, "the box must reach the model"
+    assert predictor.predict_images([], ["liver"]) == []

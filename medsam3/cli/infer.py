@@ -1,4 +1,8 @@
-"""``infer_sam.py``: text-prompted segmentation of one image with SAM3 (+ LoRA)."""
+"""``infer_sam.py``: text-prompted segmentation of an image, a volume or a batch with SAM3 (+ LoRA).
+
+Argument parsing and dispatch only: volumes in :mod:`medsam3.volume_inference`, batches and the
+per-input output layout in :mod:`medsam3.batch`.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,12 @@ EXAMPLES = """examples:
   python infer_sam.py --config configs/full_lora_config.yaml --image cxr.png --prompt "lung" "heart" \\
       --weights lal-Joey/MedSAM3_v1 --json out.json --masks-dir masks/
   python infer_sam.py --image img.png --prompt "lesion" --weights none --box 10 20 120 160
-exit codes: 0 ok, 2 bad input (missing image, bad config, missing weights), 1 unexpected failure."""
+  python infer_sam.py --image ct.nii.gz --prompt "liver" "spleen" --window soft_tissue --output-dir ct_seg/ \
+      --binary-masks --largest-component --fill-holes
+  python infer_sam.py --image dicom_series_dir/ --prompt "liver" --window 60 160 --slice-batch 16
+  python infer_sam.py --input-dir scans/ --prompt "liver" --output-dir results/ --skip-existing
+exit codes: 0 ok; 2 bad input (missing image, bad config, missing weights); 1 a batch input failed
+or an unexpected failure."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="infer_sam.py", description="Segment what a text prompt names, with SAM3 + a LoRA adapter.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults")
-    p.add_argument("--image", required=True, help="input image (PNG/JPEG/TIFF/BMP, DICOM)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="input: a 2D image (PNG/JPEG/TIFF/BMP, DICOM) or a volume (NIfTI .nii/.nii.gz, "
+                                     "DICOM series folder, multi-frame DICOM)")
+    src.add_argument("--input-dir", metavar="DIR|GLOB|LIST",
+                     help="batch: every image/volume in a folder (DICOM series as sub-folders), a glob "
+                          "('scans/**/*.png'), or a text file with one path per line")
     p.add_argument("--prompt", nargs="+", required=True, metavar="TEXT",
                    help='one or more text prompts, e.g. "liver" "liver tumor"')
     p.add_argument("--threshold", type=float, default=0.5,
                    help="keep detections with sigmoid(logit) x sigmoid(presence) above this (default 0.5)")
     p.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
-    p.add_argument("--output", default="output.png", help="overlay PNG to write (default output.png)")
+    p.add_argument("--output", help="2D image: overlay PNG to write (default output.png)")
     p.add_argument("--weights", help="adapter: path (.pt/.safetensors/PEFT dir), hub id owner/repo[:file][@rev], "
                                      "or 'none' for plain SAM3; default: model.lora_weights, else auto-detect "
                                      "in output.output_dir")
@@ -43,36 +57,124 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exemplar box in pixels, positive, shared by all prompts (repeatable)")
     p.add_argument("--neg-box", nargs=4, type=float, action="append", metavar=("X1", "Y1", "X2", "Y2"),
                    help="negative exemplar box: 'not this' (repeatable)")
-    p.add_argument("--json", help="write detections (score, box, COCO RLE mask) per prompt to this JSON")
-    p.add_argument("--masks-dir", help="write one binary PNG mask per prompt into this directory")
+    p.add_argument("--json", help="2D image: write detections (score, box, COCO RLE mask) per prompt to this JSON")
+    p.add_argument("--masks-dir", help="2D image: write one binary PNG mask per prompt into this directory")
+    p.add_argument("--output-dir", help="volumes and batches (and a 2D image, optionally): where outputs go; "
+                                        "default for a volume: <name>_medsam3/ beside it")
+    p.add_argument("--window", nargs="+", metavar="W",
+                   help="intensity: a CT preset (soft_tissue, lung, bone, brain, liver), LEVEL WIDTH (e.g. 40 400), "
+                        "percentile, dicom (the file's own window) or auto (default: chosen from the file and "
+                        "logged)")
+    v = p.add_argument_group("volumes")
+    v.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+                   help="slice along this axis: auto = the volume's own slice axis (last voxel axis; axial for "
+                        "axial scans), a plane (from the affine) or a voxel axis (default auto)")
+    v.add_argument("--slice-batch", type=int, default=8, help="slices per vision-encoder pass (default 8)")
+    v.add_argument("--volume-index", type=int, help="which volume of a 4D NIfTI (0-based)")
+    v.add_argument("--binary-masks", action="store_true",
+                   help="also write one binary mask per prompt (masks/NN_prompt.nii.gz; PNG for 2D in a batch)")
+    v.add_argument("--largest-component", action="store_true",
+                   help="3D: keep only the largest connected component of each prompt's mask")
+    v.add_argument("--fill-holes", action="store_true", help="3D: fill enclosed holes in each prompt's mask")
+    v.add_argument("--montage", type=int, default=6, metavar="N",
+                   help="PNG montage of N slices with overlays (default 6; 0: none)")
+    b = p.add_argument_group("batches")
+    b.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose outputs are already complete in --output-dir (resume a batch)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return p
 
 
+def _window(values: list[str] | None):
+    from ..io import parse_window
+
+    if not values:
+        return None
+    if len(values) == 2:
+        try:
+            window = (float(values[0]), float(values[1]))
+        except ValueError:
+            raise ValueError(f"--window LEVEL WIDTH needs two numbers, got {' '.join(values)}") from None
+    elif len(values) == 1:
+        window = values[0]
+    else:
+        raise ValueError(f"--window takes a preset name or LEVEL WIDTH, got {len(values)} values")
+    parse_window(window)  # a bad window fails before anything is read
+    return window
+
+
+def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet: bool):
+    from ..batch import InferenceOptions
+
+    if args.slice_batch < 1:
+        raise ValueError("--slice-batch must be >= 1")
+    if args.montage < 0:
+        raise ValueError("--montage must be >= 0")
+    return InferenceOptions(
+        prompts=prompts, threshold=args.threshold, nms_iou=args.nms_iou, window=_window(args.window),
+        volume_index=args.volume_index, axis=args.axis, slice_batch=args.slice_batch, boxes=boxes or None,
+        box_labels=labels or None, binary_masks=args.binary_masks, largest_component=args.largest_component,
+        fill_holes=args.fill_holes, montage_slices=args.montage, progress=not quiet)
+
+
+def _load_predictor(cfg, args):
+    from ..predictor import Predictor
+
+    t0 = time.perf_counter()
+    predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device)
+    logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
+    return predictor
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..export import results_to_json, write_json, write_prompt_masks
-    from ..predictor import Predictor, to_rgb_array
-    from ..visualize import overlay_detections
+    from ..batch import discover_inputs, input_name, load_input, process_image, process_volume, run_batch
 
     prompts = [p.strip() for p in args.prompt]
     if any(not p for p in prompts):
         raise ValueError("empty --prompt; give text such as --prompt \"liver\"")
     if not 0.0 <= args.threshold <= 1.0 or not 0.0 < args.nms_iou <= 1.0:
         raise ValueError("--threshold must be in [0, 1] and --nms-iou in (0, 1]")
-    cfg = load_config(args.config, args.set)
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise FileNotFoundError(f"image not found: {image_path}")
-    image = to_rgb_array(image_path)  # fail on a bad image before loading gigabytes of model
     boxes = [*(args.box or []), *(args.neg_box or [])]
     labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
+    opts = _options(args, prompts, boxes, labels, args.quiet)
+    cfg = load_config(args.config, args.set)
 
-    t0 = time.perf_counter()
-    predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device)
-    logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
+    if args.input_dir:
+        if args.output or args.json or args.masks_dir:
+            raise ValueError("--output, --json and --masks-dir are for one 2D image; a batch writes everything "
+                             "under --output-dir")
+        if not args.output_dir:
+            raise ValueError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
+        inputs = discover_inputs(args.input_dir, exclude=args.output_dir)
+        logger.info("%d input(s) from %s", len(inputs), args.input_dir)
+        predictor = _load_predictor(cfg, args)  # once for the whole batch
+        opts.adapter = predictor.adapter_origin
+        report = run_batch(predictor, inputs, args.output_dir, opts, skip_existing=args.skip_existing)
+        return report.exit_code
+
+    image_path = Path(args.image)
+    if not image_path.exists():
+        raise FileNotFoundError(f"image not found: {image_path}")
+    # Read first (cheap): a bad input fails before gigabytes of model are loaded.
+    loaded = load_input(image_path, opts.window, opts.volume_index)
+
+    if loaded.kind == "volume":
+        if args.output or args.json or args.masks_dir:
+            raise ValueError("--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
+                             "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)")
+        out_dir = Path(args.output_dir) if args.output_dir else image_path.parent / f"{input_name(image_path)}_medsam3"
+        predictor = _load_predictor(cfg, args)
+        opts.adapter = predictor.adapter_origin
+        process_volume(predictor, loaded, out_dir, opts)
+        logger.info("outputs -> %s/ (labels.nii.gz, legend.json)", out_dir)
+        return 0
+
+    image = loaded.image.rgb
+    predictor = _load_predictor(cfg, args)
+    opts.adapter = predictor.adapter_origin
     t0 = time.perf_counter()
     predictor.set_image(image)
     results = predictor.predict(prompts, boxes=boxes or None, box_labels=labels or None,
@@ -82,9 +184,23 @@ def run(args: argparse.Namespace) -> int:
     for det in results:
         best = f" (best score {det.scores.max():.3f})" if len(det) else ""
         logger.info("  %r: %d detection(s)%s", det.prompt, len(det), best)
+    if args.output_dir:
+        process_image(predictor, loaded, Path(args.output_dir), opts, results=results)
+        logger.info("outputs -> %s/ (overlay.png, detections.json)", args.output_dir)
+        if not (args.output or args.json or args.masks_dir):
+            return 0
+    _write_single_image(results, image, image_path, predictor, args)
+    return 0
 
-    overlay_detections(image, results).save(args.output)
-    logger.info("overlay -> %s", args.output)
+
+def _write_single_image(results, image, image_path: Path, predictor, args) -> None:
+    """One 2D image, today's outputs: --output overlay, --json detections, --masks-dir PNGs."""
+    from ..export import results_to_json, save_png, write_json, write_prompt_masks
+    from ..visualize import overlay_detections
+
+    output = args.output or "output.png"
+    save_png(overlay_detections(image, results), output)
+    logger.info("overlay -> %s", output)
     if args.json:
         write_json(results_to_json(results, str(image_path), image.shape[:2], adapter=predictor.adapter_origin,
                                    threshold=args.threshold, nms_iou=args.nms_iou), args.json)
@@ -92,15 +208,22 @@ def run(args: argparse.Namespace) -> int:
     if args.masks_dir:
         write_prompt_masks(results, args.masks_dir)
         logger.info("masks -> %s/", args.masks_dir)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the checkpoint's "Loading weights" bar
     try:
         return run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("infer_sam.py: interrupted; finished outputs are kept (a batch resumes with "
+                         "--skip-existing)\n")
+        return 130
     except (ConfigError, AdapterError, ModelLoadError, FileNotFoundError, ValueError) as exc:
         if args.verbose:
             logger.exception("failed")

@@ -484,6 +484,34 @@ class CocoConceptDataset(Dataset):
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self._records]
 
+    def image_path(self, index: int) -> Path:
+        """Path of the ``index``-th usable image."""
+        return self._records[index].path
+
+    def semantic_targets(self, index: int) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Ground truth for evaluation at the annotation frame size, canonical prompts.
+
+        Returns ``({prompt: (H, W) bool union of its instances}, [prompts absent from the image])``.
+        Box-only instances contribute nothing to the masks; concepts whose instances here are all
+        crowd (present but not targets) appear in neither.
+        """
+        rec = self._records[index]
+        masks: dict[str, np.ndarray] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for key in sorted(rec.instances, key=lambda k: (self.concepts[k].category_id, k)):
+                union = np.zeros((rec.height, rec.width), dtype=bool)
+                usable = False
+                for aid in rec.instances[key]:
+                    ann = self.coco.anns[aid]
+                    if ann["mask_valid"]:
+                        union |= self.coco.annToMask(ann).astype(bool)
+                        usable = True
+                if usable:
+                    masks[self.concepts[key].prompt] = union
+        absent = [self.concepts[k].prompt for k in self._negative_pool if k not in rec.present]
+        return masks, absent
+
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, stream])
 

@@ -1,1 +1,2 @@
-"""Training: matching, losses (and, from other modules, the training loop)."""
+"""Training: matching and losses (``matcher``, ``loss``), the loop (``trainer``), checkpoints
+(``checkpoint``), schedules (``schedule``), validation (``validate``) and DDP helpers (``distributed``)."""

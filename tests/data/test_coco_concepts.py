@@ -182,3 +182,20 @@ def test_dataloader_with_workers(roboflow_dir):
     batches = list(loader)
     assert sum(b["pixel_values"].shape[0] for b in batches) == len(ds)
 
+
+
+def test_semantic_targets_for_evaluation(roboflow_dir, kit):
+    ds = _dataset(roboflow_dir, num_negatives=2)
+    index = ds.image_ids.index(1)
+    masks, absent = ds.semantic_targets(index)
+    assert set(masks) == {"tumor", "cyst"}
+    tumor = masks["tumor"]
+    assert tumor.shape == (kit.H, kit.W) and tumor.dtype == bool
+    x0, y0, x1, y1 = kit.TUMOR_A
+    assert tumor[y0:y1, x0:x1].all()
+    x0, y0, x1, y1 = kit.TUMOR_B
+    assert tumor[y0:y1, x0:x1].all()
+    assert int(tumor.sum()) == (kit.TUMOR_A[2] - kit.TUMOR_A[0]) * (kit.TUMOR_A[3] - kit.TUMOR_A[1]) + (
+        kit.TUMOR_B[2] - kit.TUMOR_B[0]) * (kit.TUMOR_B[3] - kit.TUMOR_B[1])
+    assert sorted(absent) == ["liver", "spleen"]
+    assert ds.image_path(index).name == "img1.png"

@@ -1,0 +1,84 @@
+"""One training forward: vision once per image, one row per (image, prompt) query, the geometry CLS.
+
+``TrainForward`` wraps the (PEFT) SAM3 model so DDP sees one ``forward`` that produces everything
+the loss needs: ``get_vision_features`` runs once on the batch's images, the features are indexed
+per query (``query_image_index``), and every query carries one padding box with label
+``PAD_LABEL`` so that the geometry encoder appends its CLS token exactly as ``Predictor`` does at
+inference (DESIGN.md, "Geometry CLS").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+from ..model import unwrap
+from ..predictor import PAD_BOX, PAD_LABEL
+from .loss import DecoderLayerCapture
+
+__all__ = ["TEXT_MAX_LENGTH", "TrainForward", "tokenize", "pad_geometry"]
+
+TEXT_MAX_LENGTH = 32  # what Sam3Processor and Predictor pad prompts to
+
+
+def tokenize(processor: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    tokens = processor.tokenizer(prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
+                                 return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def pad_geometry(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One padding box per row: makes the geometry CLS run for text-only prompts."""
+    boxes = torch.tensor([PAD_BOX], dtype=torch.float32).repeat(rows, 1, 1)
+    labels = torch.full((rows, 1), PAD_LABEL, dtype=torch.long)
+    return boxes, labels
+
+
+class TrainForward(nn.Module):
+    """``forward(batch tensors) -> loss input dict`` (see ``Sam3Loss``), DDP-wrappable."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        query_image_index: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        input_boxes: torch.Tensor,
+        input_boxes_labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        sam = unwrap(self.model)
+        vision = sam.get_vision_features(pixel_values=pixel_values)
+        per_query = Sam3VisionEncoderOutput(
+            fpn_hidden_states=tuple(t.index_select(0, query_image_index) for t in vision.fpn_hidden_states),
+            fpn_position_encoding=tuple(t.index_select(0, query_image_index) for t in vision.fpn_position_encoding),
+        )
+        with DecoderLayerCapture(sam) as capture:
+            outputs = sam(
+                vision_embeds=per_query,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                input_boxes=input_boxes,
+                input_boxes_labels=input_boxes_labels,
+            )
+            return capture.predictions(outputs)
+
+
+def batch_inputs(batch: dict[str, Any], processor: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Model inputs of a ``ConceptBatch`` on ``device``."""
+    tokens = tokenize(processor, batch["prompts"])
+    boxes, labels = pad_geometry(len(batch["prompts"]))
+    return {
+        "pixel_values": batch["pixel_values"].to(device, non_blocking=True),
+        "query_image_index": batch["query_image_index"].to(device),
+        "input_ids": tokens["input_ids"].to(device),
+        "attention_mask": tokens["attention_mask"].to(device),
+        "input_boxes": boxes.to(device, dtype=batch["pixel_values"].dtype),
+        "input_boxes_labels": labels.to(device),
+    }

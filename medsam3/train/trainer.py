@@ -1,0 +1,578 @@
+"""The training loop: LoRA (or full) fine-tuning of SAM3 on COCO concept data, top to bottom.
+
+``train(cfg)`` does, in order: join the process group (torchrun) and pick the device; seed; load
+SAM3 and add LoRA; build the train/valid datasets and a resumable, seeded sampler; AdamW and the
+warmup + cosine/linear/constant schedule; then per optimizer step: ``gradient_accumulation_steps``
+micro-batches (vision once per image, one row per query, geometry CLS, autocast on CUDA), the SAM3
+loss normalised by the window's instance count across ranks, gradient clipping, step. Every
+``logging_steps`` a JSONL line (+ TensorBoard); every ``eval_steps`` validation (loss, and Dice/IoU
+through ``Predictor``); every ``save_steps`` a checkpoint. See ``checkpoint.py`` for the layout.
+
+Every ``training.*`` key takes effect or is reported (``report_config``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from ..adapters import save_adapter
+from ..config import Config
+from ..data import (
+    AugmentConfig,
+    CocoConceptDataset,
+    DatasetError,
+    collate,
+    resolve_split,
+)
+from ..model import add_lora, load_base_model
+from .checkpoint import (
+    CHECKPOINT_PREFIX,
+    TRAINER_STATE,
+    atomic_dir,
+    load_trainable,
+    load_trainer_state,
+    prune_checkpoints,
+    resolve_resume,
+    save_trainable,
+    write_json_atomic,
+)
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .forward import TrainForward, batch_inputs
+from .loss import LossWeights, Sam3Loss
+from .schedule import build_optimizer, build_scheduler, total_optimizer_steps
+
+__all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.jsonl"
+BEST_ADAPTER = "best_lora_weights"
+LAST_ADAPTER = "last_lora_weights"
+
+
+class TrainingError(ValueError):
+    """A training setup problem the user can fix (data paths, config)."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    best_metric: float | None
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+
+class _SkipSampler(Sampler):
+    """The sampler's order for this epoch, without its first ``skip`` indices (resume mid-epoch)."""
+
+    def __init__(self, base: DistributedSampler, skip: int) -> None:
+        self.base, self.skip = base, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.base), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_s = state["numpy"]
+    np.random.set_state(("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"],
+                         np_s["cached_gaussian"]))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Checkpoint every transformers ``GradientCheckpointingLayer`` (ViT and text layers); returns the count.
+
+    ``Sam3Model`` does not declare ``supports_gradient_checkpointing``, so ``gradient_checkpointing_enable``
+    refuses; its ViT layers are checkpointable layers all the same, and the ViT holds most activations.
+    """
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.gradient_checkpointing = True
+            module._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+            count += 1
+    return count
+
+
+def _split_paths(cfg: Config, split: str):
+    t = cfg.training
+    path, ann = (t.train_data_path, t.train_annotation_file) if split == "train" else (
+        t.val_data_path, t.val_annotation_file)
+    if t.data_dir:
+        return resolve_split(t.data_dir, split)
+    if ann:
+        return resolve_split(None, split, annotation_file=ann, image_root=path)
+    if path:
+        return resolve_split(path, split)
+    return None
+
+
+def report_config(cfg: Config, device: torch.device, dist_info: DistInfo) -> list[str]:
+    """Log every key that is set but cannot take effect here; returns the messages (for tests)."""
+    t, notes = cfg.training, []
+    if t.mixed_precision != "no" and device.type != "cuda":
+        notes.append(f"training.mixed_precision={t.mixed_precision!r} has no effect on {device.type}: autocast "
+                     f"applies on CUDA only, training runs in fp32")
+    if device.type == "cuda" and t.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
+        notes.append("training.mixed_precision='bf16' is not supported by this GPU; use 'fp16' or 'no'")
+    if cfg.hardware.dataloader_pin_memory and device.type != "cuda":
+        notes.append("hardware.dataloader_pin_memory=true has no effect without CUDA")
+    if cfg.hardware.use_compile:
+        notes.append("hardware.use_compile=true is not applied to training (the decoder-layer hooks and "
+                     "variable prompt counts defeat torch.compile); training runs eagerly")
+    if cfg.output.push_to_hub:
+        notes.append("output.push_to_hub=true is not done by the trainer; upload best_lora_weights/ with "
+                     "`hf upload <repo> <output_dir>/best_lora_weights`")
+    if cfg.output.save_lora_only and t.train_base_model:
+        notes.append("output.save_lora_only=true with training.train_base_model=true: the base weights change "
+                     "too, so full models (best_model/, last_model/) are saved as well")
+    if cfg.model.lora_weights not in (None, "none"):
+        notes.append(f"model.lora_weights={cfg.model.lora_weights!r} is an inference key: training starts from "
+                     f"fresh LoRA (use --resume to continue a run)")
+    if cfg.hardware.precision != "auto":
+        notes.append(f"hardware.precision={cfg.hardware.precision!r} applies to validation's Predictor only; "
+                     f"training precision is training.mixed_precision")
+    for note in notes:
+        if dist_info.is_main:
+            logger.warning("note: %s", note)
+    return notes
+
+
+class Trainer:
+    """Holds the run's state; ``fit()`` runs it. Built by ``train(cfg)``."""
+
+    def __init__(self, cfg: Config, resume: str | None = None, show_progress: bool = True) -> None:
+        self.cfg = cfg
+        t = cfg.training
+        self.dist, self.device = init_distributed(cfg.hardware.device)
+        self.is_main = self.dist.is_main
+        self.output_dir = Path(cfg.output.output_dir)
+        self.show_progress = show_progress
+        # Fail fast on a bad --resume, before loading a multi-GB model.
+        resume_dir = resolve_resume(resume, self.output_dir) if resume else None
+        self.notes = report_config(cfg, self.device, self.dist)
+
+        # -- precision
+        self.amp_dtype = None
+        if self.device.type == "cuda" and t.mixed_precision != "no":
+            self.amp_dtype = torch.bfloat16 if t.mixed_precision == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+        # -- model
+        seed_everything(t.seed)
+        model, self.processor = load_base_model(cfg.model)
+        if cfg.model.resolution is None:
+            self.resolution = int(self.processor.image_processor.size["height"])
+        else:
+            self.resolution = cfg.model.resolution
+        self.model = add_lora(model, cfg.lora)
+        if t.train_base_model:
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+        if t.gradient_checkpointing:
+            n = enable_gradient_checkpointing(self.model)
+            if n == 0:
+                raise TrainingError("training.gradient_checkpointing: this model has no checkpointable layers")
+            logger.info("gradient checkpointing on %d layers", n)
+        self.model.to(self.device).train()
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        logger.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        self.forward = TrainForward(self.model)
+        if self.dist.enabled:
+            self.ddp = DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        else:
+            self.ddp = self.forward
+
+        # -- data
+        mask_resolution = (self.resolution // 14) * 4  # SAM3's mask output size (288 at 1008 px)
+        aug = cfg.augmentation
+        augment = AugmentConfig(hflip_prob=aug.hflip_prob, vflip_prob=aug.vflip_prob,
+                                scale_range=tuple(aug.scale_range), brightness=aug.brightness, contrast=aug.contrast)
+        train_paths = _split_paths(cfg, "train")
+        if train_paths is None:
+            raise TrainingError("no training data: set training.data_dir, training.train_data_path or "
+                                "training.train_annotation_file")
+        common = dict(resolution=self.resolution, num_negatives=t.num_negatives, mask_resolution=mask_resolution)
+        self.train_set = CocoConceptDataset(train_paths.annotation_file, train_paths.image_root, augment=augment,
+                                            seed=t.seed, use_synonyms=True, **common)
+        self.val_set = None
+        try:
+            val_paths = _split_paths(cfg, "valid")
+        except FileNotFoundError as exc:
+            val_paths = None
+            if self.is_main:
+                logger.warning("no validation split (%s); validation and best_lora_weights are skipped", exc)
+        if val_paths is not None:
+            self.val_set = CocoConceptDataset(val_paths.annotation_file, val_paths.image_root, seed=t.seed, **common)
+        if self.is_main:
+            logger.info("train: %d images, %d concepts (%s); valid: %s", len(self.train_set),
+                        len(self.train_set.prompts), ", ".join(self.train_set.prompts[:10]),
+                        f"{len(self.val_set)} images" if self.val_set else "none")
+        self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                          shuffle=True, seed=t.seed, drop_last=False)
+        self.batches_per_epoch = math.ceil(len(self.sampler) / t.batch_size)
+        self.total_steps = total_optimizer_steps(t, self.batches_per_epoch)
+
+        # -- optimisation
+        self.criterion = Sam3Loss(LossWeights(**vars(cfg.loss)))
+        self.optimizer = build_optimizer(self.model.parameters(), t)
+        self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
+
+        # -- state
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_done = 0  # micro-batches consumed in the current epoch
+        higher = cfg.evaluation.metric in ("dice", "iou")
+        self.best_metric: float | None = None
+        self._better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
+        self.last_eval: dict[str, Any] = {}
+        self._tb = None
+        if resume_dir is not None:
+            self._resume(resume_dir)
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _loader(self, epoch: int, skip: int) -> DataLoader:
+        t = self.cfg.training
+        self.sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        return DataLoader(
+            self.train_set, batch_size=t.batch_size, sampler=_SkipSampler(self.sampler, skip * t.batch_size),
+            num_workers=t.num_workers, collate_fn=collate,
+            pin_memory=self.cfg.hardware.dataloader_pin_memory and self.device.type == "cuda",
+            # Own generator: iterating the loader must not consume the global RNG (LoRA dropout uses it),
+            # or a resumed run would drift from an uninterrupted one.
+            generator=torch.Generator().manual_seed(t.seed + epoch),
+        )
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(str(self.output_dir / self.cfg.output.logging_dir))
+        if self._tb:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self._tb.add_scalar(f"{record['type']}/{key}", value, record["step"])
+
+    # ------------------------------------------------------------------ state
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done,
+            "best_metric": self.best_metric, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "world_size": self.dist.world_size,
+        }
+
+    def _resume(self, directory: Path) -> None:
+        state = load_trainer_state(directory)
+        load_trainable(self.model, directory)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.global_step, self.epoch, self.batches_done = state["global_step"], state["epoch"], state["batches_done"]
+        self.best_metric = state["best_metric"]
+        if state.get("world_size", 1) != self.dist.world_size and self.is_main:
+            logger.warning("resuming a %d-process run with %d processes: the data order changes",
+                           state.get("world_size", 1), self.dist.world_size)
+        log = self.output_dir / LOG_FILE
+        if self.is_main and log.is_file():
+            # Lines written after this checkpoint by the interrupted run are replayed now: drop them.
+            kept = [line for line in log.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
+            tmp = log.with_name(f".tmp-{log.name}")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, log)
+        if self.is_main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.global_step, self.epoch,
+                        self.batches_done)
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"source": "medsam3 training", "step": self.global_step, "base_model": self.cfg.model.name,
+                "rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha, "concepts": self.train_set.prompts,
+                "resolution": self.resolution}
+
+    def _full_models(self) -> bool:
+        return (not self.cfg.output.save_lora_only) or self.cfg.training.train_base_model
+
+    def _save_named(self, name: str) -> None:
+        """best_/last_ adapter (PEFT dir, what Predictor loads) and, if asked, the merged full model."""
+        with atomic_dir(self.output_dir / name) as tmp:
+            save_adapter(self.model, tmp, metadata=self._metadata())
+        if self._full_models():
+            model_name = name.replace("_lora_weights", "_model")
+            with atomic_dir(self.output_dir / model_name) as tmp:
+                merged = copy.deepcopy(self.model).merge_and_unload()
+                merged.save_pretrained(str(tmp))
+                self.processor.save_pretrained(str(tmp))
+            logger.info("full model -> %s (load it with model.name=%s and --weights none)",
+                        self.output_dir / model_name, self.output_dir / model_name)
+
+    def save_checkpoint(self) -> Path | None:
+        path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
+        if self.is_main:
+            with atomic_dir(path) as tmp:
+                save_adapter(self.model, tmp, metadata=self._metadata())
+                save_trainable(self.model, tmp)
+                state = self._trainer_state()
+                torch.save(state, tmp / TRAINER_STATE)
+                write_json_atomic(tmp / "trainer_state.json", {
+                    k: state[k] for k in ("global_step", "epoch", "batches_done", "best_metric", "world_size")})
+            prune_checkpoints(self.output_dir, self.cfg.training.save_total_limit)
+            logger.info("checkpoint -> %s", path)
+        barrier()
+        return path if self.is_main else None
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        from ..predictor import Predictor
+        from .validate import evaluate_loss, evaluate_metrics
+
+        if self.val_set is None:
+            return {}
+        t0 = time.perf_counter()
+        self.model.eval()
+        try:
+            val_loss = evaluate_loss(self.forward, self.criterion, self.val_set, self.processor, self.device,
+                                     self.dist, self.cfg.training.batch_size, self.autocast)
+            record: dict[str, Any] = {"type": "eval", "step": self.global_step, "epoch": self.epoch,
+                                      "val_loss": val_loss}
+            if self.cfg.evaluation.compute_metrics_during_training or self.cfg.evaluation.metric != "loss":
+                predictor = Predictor(self.model, self.processor, device=self.device,
+                                      precision=self.cfg.hardware.precision)
+                pred_file = None
+                if self.cfg.evaluation.save_predictions:
+                    pred_file = self.output_dir / f"predictions_step{self.global_step}.json"
+                    if self.is_main:
+                        self.output_dir.mkdir(parents=True, exist_ok=True)
+                record.update(evaluate_metrics(predictor, self.val_set, self.device, self.dist,
+                                               predictions_file=pred_file))
+        finally:
+            self.model.train()
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        metric_key = {"loss": "val_loss"}.get(self.cfg.evaluation.metric, self.cfg.evaluation.metric)
+        value = record.get(metric_key)
+        if value is not None and not math.isnan(value) and (
+                self.best_metric is None or self._better(value, self.best_metric)):
+            self.best_metric = value
+            record["best"] = True
+            if self.is_main:
+                self._save_named(BEST_ADAPTER)
+                logger.info("new best %s=%.4f at step %d -> %s", self.cfg.evaluation.metric, value,
+                            self.global_step, self.output_dir / BEST_ADAPTER)
+        self._log(record)
+        self.last_eval = record
+        if self.is_main:
+            logger.info("eval step %d: val_loss %.4f%s", self.global_step, val_loss,
+                        f", dice {record['dice']:.4f}, iou {record['iou']:.4f}" if "dice" in record else "")
+        barrier()
+        return record
+
+    # ------------------------------------------------------------------ training
+    def _windows(self) -> Iterator[list[dict[str, Any]]]:
+        """Groups of gradient_accumulation_steps micro-batches, resuming at (epoch, batches_done)."""
+        accum = self.cfg.training.gradient_accumulation_steps
+        while self.epoch < self.cfg.training.num_epochs or self.cfg.training.max_steps:
+            loader = self._loader(self.epoch, self.batches_done)
+            window: list[dict[str, Any]] = []
+            for batch in loader:
+                window.append(batch)
+                if len(window) == accum:
+                    yield window
+                    window = []
+            if window:
+                yield window
+            self.epoch += 1
+            self.batches_done = 0
+
+    def accumulate(self, window: list[dict[str, Any]]) -> dict[str, float]:
+        """Forward + backward over one accumulation window; gradients are left in ``.grad``."""
+        # SAM3 normalises by the number of target instances; over an accumulation window and across ranks
+        # the per-micro-batch normaliser is the global count / (micro-batches x ranks), so that the summed,
+        # rank-averaged gradient equals that of one big batch.
+        counts = torch.tensor([float(sum(q["boxes"].shape[0] for b in window for q in b["queries"])),
+                               float(len(window))], dtype=torch.float64, device=self.device)
+        all_reduce_sum(counts)
+        num_boxes = max(1.0, float(counts[0] / counts[1]))
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(window):
+            last = i == len(window) - 1
+            sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    preds = self.ddp(**batch_inputs(batch, self.processor, self.device))
+                losses = self.criterion(preds, batch["queries"], num_boxes=num_boxes)
+                self.scaler.scale(losses["total"] / len(window)).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(window)
+        return sums
+
+    def _step(self, window: list[dict[str, Any]]) -> dict[str, float]:
+        t = self.cfg.training
+        sums = self.accumulate(window)
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        if t.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        sums["grad_norm"] = grad_norm
+        if self.global_step % t.logging_steps == t.logging_steps - 1:
+            # Measured after clipping (not assumed): what the optimizer actually receives.
+            sums["grad_norm_after_clip"] = (
+                float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0)
+        sums["lr"] = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.batches_done += len(window)
+        self.global_step += 1
+        return sums
+
+    def adapter_checksum(self) -> str:
+        """SHA-256 over the trainable tensors (names and bytes): equal on every rank after DDP training."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, param in sorted(self.model.named_parameters()):
+            if param.requires_grad:
+                digest.update(name.encode())
+                digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def fit(self) -> TrainResult:
+        t = self.cfg.training
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.output_dir / "config.json", self.cfg.to_dict())
+            logger.info("training %d optimizer steps (%d micro-batches/epoch/rank, batch %d, accumulation %d, "
+                        "%d process(es)) on %s -> %s", self.total_steps, self.batches_per_epoch, t.batch_size,
+                        t.gradient_accumulation_steps, self.dist.world_size, self.device, self.output_dir)
+        progress = None
+        if self.is_main and self.show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True)
+        pending: dict[str, float] = {}
+        n_pending = 0
+        last_saved = last_eval = None
+        t_log = time.perf_counter()
+        windows = self._windows()
+        while self.global_step < self.total_steps:
+            window = next(windows)
+            record = self._step(window)
+            for k, v in record.items():
+                if k in ("lr", "grad_norm_after_clip"):
+                    pending[k] = v
+                else:
+                    pending[k] = pending.get(k, 0.0) + v
+            n_pending += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['total']:.4f}", lr=f"{record['lr']:.2e}")
+            step = self.global_step
+            if step % t.logging_steps == 0 or step == self.total_steps:
+                line = {"type": "train", "step": step, "epoch": self.epoch}
+                line.update({k: (v if k in ("lr", "grad_norm_after_clip") else v / n_pending)
+                             for k, v in pending.items()})
+                line["loss"] = line.pop("total")
+                line["seconds_per_step"] = round((time.perf_counter() - t_log) / n_pending, 4)
+                self._log(line)
+                pending, n_pending, t_log = {}, 0, time.perf_counter()
+            if step % t.eval_steps == 0:
+                self.evaluate()
+                last_eval = step
+            if step % t.save_steps == 0:
+                self.save_checkpoint()
+                last_saved = step
+        if progress is not None:
+            progress.close()
+        if last_eval != self.global_step:
+            self.evaluate()
+        if last_saved != self.global_step:
+            self.save_checkpoint()
+        if self.dist.enabled:
+            logger.info("rank %d adapter sha256 %s", self.dist.rank, self.adapter_checksum())
+        if self.is_main:
+            self._save_named(LAST_ADAPTER)
+            if self.val_set is None and not (self.output_dir / BEST_ADAPTER).exists():
+                logger.info("no validation split: last_lora_weights is the adapter to use")
+            if self._tb:
+                self._tb.close()
+        barrier()
+        return TrainResult(self.output_dir, self.global_step, self.best_metric, self.last_eval)
+
+
+def train(cfg: Config, resume: str | None = None, show_progress: bool = True) -> TrainResult:
+    """Run training as configured; under torchrun every rank calls this."""
+    try:
+        trainer = Trainer(cfg, resume=resume, show_progress=show_progress)
+    except DatasetError as exc:
+        raise TrainingError(str(exc)) from exc
+    return trainer.fit()

@@ -1,0 +1,243 @@
+"""Volume inference end to end: the real tiny SAM3 forward, the real slice/axis/orientation path.
+
+The tiny model's masks are noise, so to check that a structure at known voxels comes back at the
+same voxels, the masks are replaced *after* the model, at the post-processing boundary
+(``medsam3.predictor.postprocess_query_outputs``): the real function runs on the real model
+outputs, then its masks are swapped for masks derived from the very slice image the vision
+encoder was given. Everything between the volume on disk and that boundary, and from there back
+to the NIfTI on disk, is the production code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+import medsam3.predictor as predictor_module
+from medsam3.cli.infer import main
+from medsam3.postprocess import Detections
+from medsam3.predictor import Predictor, to_rgb_array
+
+PROMPTS = ["liver", "tumor"]
+SHAPE = (24, 18, 7)
+# Display-intensity rules per prompt, for the window (level 500, width 1000): 0..1000 -> 0..255.
+RULES = {"liver": lambda g: (g >= 100) & (g <= 160), "tumor": lambda g: g >= 200}
+
+
+def structures():
+    """Voxel masks of the synthetic 'liver' (value 500) and 'tumor' (value 900)."""
+    liver = np.zeros(SHAPE, bool)
+    liver[4:13, 3:10, 1:5] = True           # a block over slices 1..4
+    liver[12:17, 3:6, 1:5] = True           # an arm: the shape is not symmetric under any flip/transpose
+    hole = np.zeros(SHAPE, bool)
+    hole[7:9, 5:7, 2:4] = True              # a cavity enclosed in 3D
+    liver &= ~hole
+    stray = np.zeros(SHAPE, bool)
+    stray[20:23, 14:17, 6] = True           # a second, smaller 'liver' component
+    tumor = np.zeros(SHAPE, bool)
+    tumor[16:22, 10:16, 2:6] = True
+    return liver, hole, stray, tumor
+
+
+def oblique_affine():
+    """Voxel axes permuted and flipped w.r.t. RAS, anisotropic, slightly rotated, off-origin."""
+    perm = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # i -> left, j -> anterior
+    angle = np.deg2rad(8)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ perm @ np.diag([0.7, 0.9, 2.5])
+    affine[:3, 3] = [31.5, -12.25, -40.0]
+    return affine
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    liver, _, stray, tumor = structures()
+    data = np.random.default_rng(0).uniform(0, 100, SHAPE).astype(np.float32)
+    data[liver | stray] = 500
+    data[tumor] = 900
+    img = nib.Nifti1Image(data, oblique_affine())
+    img.set_qform(oblique_affine(), code=1)
+    img.set_sform(oblique_affine(), code=2)
+    path = tmp_path / "ct.nii.gz"
+    img.to_filename(path)
+    return path
+
+
+@pytest.fixture
+def injected(monkeypatch):
+    """Run the real model and post-processing, then swap in masks derived from the slice content."""
+    state = {"images": [], "calls": 0, "seen": []}
+    real_encode, real_post = Predictor.encode_images, predictor_module.postprocess_query_outputs
+
+    def encode(self, images):
+        state["images"] = [to_rgb_array(im) for im in images]
+        state["calls"] = 0
+        state["seen"].extend(state["images"])
+        return real_encode(self, images)
+
+    def post(prompt, scores, boxes, masks, image_size, threshold=0.5, nms_iou=0.5):
+        real = real_post(prompt, scores, boxes, masks, image_size, threshold, nms_iou)
+        row = state["calls"]
+        state["calls"] += 1
+        assert prompt == PROMPTS[row % len(PROMPTS)], "rows are (image, prompt) in order"
+        gray = state["images"][row // len(PROMPTS)][..., 0]
+        mask = RULES[prompt](gray)
+        assert real.masks.shape[1:] == mask.shape == tuple(image_size)
+        if not mask.any():
+            return Detections(prompt, np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                              np.zeros((0, *mask.shape), bool))
+        ys, xs = np.nonzero(mask)
+        box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
+        return Detections(prompt, box, np.array([0.9], np.float32), mask[None])
+
+    monkeypatch.setattr(Predictor, "encode_images", encode)
+    monkeypatch.setattr(predictor_module, "postprocess_query_outputs", post)
+    return state
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("axis, voxel_axis, plane", [("auto", 2, "axial"), ("coronal", 1, "coronal"),
+                                                     ("0", 0, "sagittal")])
+def test_volume_round_trip_lands_on_the_same_voxels(tmp_path, tiny_config, volume_file, injected, axis, voxel_axis,
+                                                    plane):
+    out = tmp_path / "seg"
+    assert run_cli("--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", "none",
+                   "--window", 500, 1000, "--slice-batch", 3, "--output-dir", out, "--binary-masks",
+                   "--axis", axis, "-q") == 0
+    src = nib.load(volume_file)
+    lab = nib.load(out / "labels.nii.gz")
+    assert lab.shape == src.shape
+    np.testing.assert_array_equal(lab.affine, src.affine)
+    assert lab.header.get_zooms() == src.header.get_zooms()
+    np.testing.assert_array_equal(lab.header.get_sform(), src.header.get_sform())
+    assert int(lab.header["sform_code"]) == 2 and int(lab.header["qform_code"]) == 1
+    assert lab.get_data_dtype() == np.uint8
+    liver, _, stray, tumor = structures()
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[liver | stray] = 1
+    expected[tumor] = 2
+    np.testing.assert_array_equal(np.asarray(lab.dataobj), expected)
+
+    # e.g. 7 axial slices in passes of 3, 3, 1: every slice went through the vision encoder once.
+    assert len(injected["seen"]) == SHAPE[voxel_axis]
+
+    legend = json.loads((out / "legend.json").read_text())
+    assert [(e["value"], e["prompt"]) for e in legend["labels"]] == [(0, "background"), (1, "liver"), (2, "tumor")]
+    voxel_ml = 0.7 * 0.9 * 2.5 / 1000
+    assert legend["labels"][1]["voxels"] == int((liver | stray).sum())
+    assert legend["labels"][2]["volume_ml"] == pytest.approx(tumor.sum() * voxel_ml, rel=1e-5)
+    assert legend["labels"][2]["slices_with_detections"] == {2: 4, 1: 6, 0: 6}[voxel_axis]
+    assert "L500 W1000" in legend["intensity"]
+    assert legend["slice_axis"] == voxel_axis and legend["plane"] == plane
+    for k, prompt, mask in ((0, "liver", liver | stray), (1, "tumor", tumor)):
+        binary = nib.load(out / "masks" / f"{k:02d}_{prompt}.nii.gz")
+        np.testing.assert_array_equal(binary.affine, src.affine)
+        np.testing.assert_array_equal(np.asarray(binary.dataobj).astype(bool), mask)
+    montage = np.asarray(Image.open(out / "montage.png"))
+    assert montage.ndim == 3 and montage.shape[2] == 3
+
+
+def test_slices_reach_the_model_in_display_orientation(tiny_config, volume_file, injected):
+    """Independently of SliceGeometry: along the image's columns world x (RAS) decreases (patient's
+    right on the left) and along its rows world y decreases (anterior at the top)."""
+    from medsam3.batch import load_input
+    from medsam3.config import load_config
+    from medsam3.volume_inference import segment_volume
+
+    vol = load_input(volume_file, window=(500, 1000)).volume
+    predictor = Predictor.from_config(load_config(tiny_config), weights="none")
+    seg = segment_volume(predictor, vol, PROMPTS, slice_batch=4)
+    geo = seg.geometry
+    assert geo.transpose and (geo.flip_rows or geo.flip_cols), "the test must exercise transpose and a flip"
+    # voxel index of every display pixel, via an index image pushed through the inverse transform
+    k = 3
+    idx = np.stack(np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij"), -1)
+    disp = geo.to_display(idx)  # (rows, cols, 2): voxel (i, j) shown at each display pixel
+    world = np.einsum("ab,rcb->rca", oblique_affine()[:3, :3],
+                      np.concatenate([disp, np.full(disp.shape[:2] + (1,), k)], -1).astype(float))
+    assert (np.diff(world[..., 0], axis=1) < 0).all() and (np.diff(world[..., 1], axis=0) < 0).all()
+    shown = injected["seen"][k][..., 0]
+    np.testing.assert_array_equal(shown, vol.intensity.apply(vol.data[disp[..., 0], disp[..., 1], k]))
+
+
+def test_volume_3d_postprocessing_flags(tmp_path, tiny_config, volume_file, injected):
+    out = tmp_path / "seg"
+    assert run_cli("--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", "none",
+                   "--window", "500,1000", "--output-dir", out, "--largest-component", "--fill-holes",
+                   "--montage", 0, "-q") == 0
+    liver, hole, _, tumor = structures()
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[liver | hole] = 1  # stray component removed, enclosed cavity filled
+    expected[tumor] = 2
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "labels.nii.gz").dataobj), expected)
+    assert not (out / "montage.png").exists() and not (out / "masks").exists()
+    legend = json.loads((out / "legend.json").read_text())
+    assert legend["largest_component"] and legend["fill_holes"]
+    assert legend["labels"][1]["voxels"] == int((liver | hole).sum())
+
+
+def test_real_model_volume_equals_slice_by_slice_predictions(tiny_config, volume_file):
+    """No injection: batched slices give what one slice at a time through set_image/predict gives,
+    put back with the io layer's own inverse (Volume.labels_from_slices)."""
+    from medsam3.batch import load_input
+    from medsam3.config import load_config
+    from medsam3.volume_inference import segment_volume
+
+    vol = load_input(volume_file).volume
+    predictor = Predictor.from_config(load_config(tiny_config), weights="none")
+    seg = segment_volume(predictor, vol, ["liver"], slice_batch=3, threshold=0.1)
+    per_slice = []
+    for k in range(vol.num_slices()):
+        predictor.set_image(vol.slice_rgb(k))
+        (det,) = predictor.predict(["liver"], threshold=0.1)
+        per_slice.append(det.semantic_mask())
+    expected = vol.labels_from_slices(per_slice)
+    assert 0.01 < expected.mean() < 0.99, f"the test needs partial masks, got {expected.mean()}"
+    assert (seg.labels == expected).mean() > 0.995
+    assert seg.labels.shape == vol.shape
+
+
+def test_dicom_series_in_nifti_out(tmp_path, tiny_config, injected):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    src_path = get_testdata_file("CT_small.dcm", download=False)
+    if src_path is None:
+        pytest.skip("pydicom's CT_small.dcm is not installed")
+    src = pydicom.dcmread(src_path)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    uid = generate_uid()
+    base = src.pixel_array[:64, :48].astype(np.int16)
+    for k in range(4):
+        ds = copy.deepcopy(src)
+        arr = base.copy()
+        arr[10:20, 5:15] = 3000 if k in (1, 2) else arr[10:20, 5:15]  # bright 'tumor' on 2 slices
+        ds.Rows, ds.Columns = arr.shape
+        ds.PixelData = arr.tobytes()
+        ds.ImagePositionPatient = [-100.0, -50.0, 20.0 + 3.0 * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uid, generate_uid(), 4 - k
+        ds.save_as(folder / f"IM{(k * 7) % 4}", enforce_file_format=True)
+    out = tmp_path / "out"
+    assert run_cli("--config", tiny_config, "--image", folder, "--prompt", *PROMPTS, "--weights", "none",
+                   "--window", "bone", "--output-dir", out, "-q") == 0
+    lab = nib.load(out / "labels.nii.gz")
+    image = nib.load(out / "image.nii.gz")
+    assert lab.shape == image.shape == (48, 64, 4)  # (columns, rows, slices)
+    np.testing.assert_array_equal(lab.affine, image.affine)
+    np.testing.assert_allclose(lab.header.get_zooms(), (*[float(v) for v in src.PixelSpacing][::-1], 3.0), rtol=1e-6)
+    labels = np.asarray(lab.dataobj)
+    hu = np.asarray(image.dataobj)
+    assert set(np.unique(labels[hu > 1500])) == {2}  # the bright block is 'tumor' on both slices
+    assert (labels[..., [0, 3]] != 2).all()

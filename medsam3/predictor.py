@@ -45,7 +45,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
 
         return read_rgb(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # a copy: torch warns on read-only arrays
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array, a PIL image or a path, got {type(image).__name__}")
     if image.dtype != np.uint8:
@@ -56,7 +56,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim == 3 and image.shape[2] in (3, 4):
-        return np.ascontiguousarray(image[:, :, :3])
+        return np.array(image[:, :, :3], order="C")  # a writable copy (np.asarray(PIL) is read-only)
     if image.ndim == 3 and image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     raise ValueError(f"image array has shape {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")

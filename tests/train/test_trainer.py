@@ -180,3 +180,34 @@ def test_resume_errors_are_actionable(tmp_path, tiny_checkpoint, shapes_dir):
         Trainer(cfg, resume="latest", show_progress=False)
     with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
         Trainer(cfg, resume=str(tmp_path), show_progress=False)
+
+
+def test_num_epochs_decides_the_step_count_without_max_steps(tmp_path, tiny_checkpoint, shapes_dir):
+    # 8 training images, batch 4, accumulation 1: 2 optimizer steps per epoch.
+    result = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(num_epochs=2, batch_size=4)),
+                   show_progress=False)
+    assert result.global_step == 4
+    assert [r["epoch"] for r in _log(result.output_dir)] == [0, 0, 1, 1]
+
+
+def test_save_lora_only_false_writes_a_merged_model_that_predicts_like_the_adapter(
+        tmp_path, tiny_checkpoint, shapes_dir):
+    import numpy as np
+    from PIL import Image
+
+    cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(max_steps=3, learning_rate=5e-2),
+               output={"save_lora_only": False})
+    out = train(cfg, show_progress=False).output_dir
+    assert (out / "last_model" / "config.json").is_file()
+    image = np.asarray(Image.open(shapes_dir / "train" / "img1.png"))
+    infer = load_config(cfg.source.split(" ")[0])
+    with_adapter = Predictor.from_config(infer, weights=str(out / "last_lora_weights"), device="cpu")
+    infer.model.name = str(out / "last_model")
+    merged = Predictor.from_config(infer, weights="none", device="cpu")
+    for p in (with_adapter, merged):
+        p.set_image(image)
+    a, b = with_adapter.predict(["lesion"], threshold=0.0)[0], merged.predict(["lesion"], threshold=0.0)[0]
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    base = Predictor.from_config(load_config(cfg.source.split(" ")[0]), weights="none", device="cpu")
+    base.set_image(image)
+    assert np.abs(base.predict(["lesion"], threshold=0.0)[0].scores - a.scores).max() > 2e-3  # training changed it

@@ -65,7 +65,7 @@ class InferenceOptions:
     window: WindowSpec = None
     volume_index: int | None = None
     axis: int | str | None = None
-    slice_batch: int = 8
+    slice_batch: int | None = None  # None: 8 on CUDA, 1 on CPU (volume_inference.default_slice_batch)
     boxes: list | None = None
     box_labels: list | None = None
     binary_masks: bool = False

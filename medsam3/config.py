@@ -109,7 +109,7 @@ class TrainingConfig:
     """Also train every base SAM3 weight (full fine-tuning; LoRA layers are still added). Saves
     full model directories (``best_model``/``last_model``) that ``model.name`` loads."""
     max_steps: Optional[int] = field(default=None, metadata=_range(1))
-    """Stop after this many optimizer steps (null: ``num_epochs`` decides)."""
+    """Train for exactly this many optimizer steps, overriding ``num_epochs`` (null: ``num_epochs`` decides)."""
 
 
 @dataclass

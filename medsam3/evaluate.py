@@ -61,6 +61,7 @@ from .io import ImageReadError, Volume, load_image2d, load_volume, save_label_ma
 from .io.windows import WindowSpec, parse_window
 from .metrics import compute_all, summarize
 from .postprocess import Detections, detection_scores, postprocess_query_outputs
+from .volume_inference import default_slice_batch
 
 __all__ = [
     "CSV_COLUMNS",
@@ -123,7 +124,7 @@ class EvalOptions:
     nms_iou: float | None = 0.5
     nsd_tolerance: float = 2.0
     include_absent: bool = False
-    slice_batch: int = 8
+    slice_batch: int | None = None  # None: 8 on CUDA, 1 on CPU
     axis: int = -1
     window: WindowSpec = None
     coco_map: bool = False
@@ -140,7 +141,7 @@ class EvalOptions:
             raise EvaluationError(f"nms_iou must be in (0, 1] (1 disables NMS), got {self.nms_iou}")
         if not (math.isfinite(self.nsd_tolerance) and self.nsd_tolerance > 0):
             raise EvaluationError(f"NSD tolerance must be a positive number of mm, got {self.nsd_tolerance}")
-        if self.slice_batch < 1:
+        if self.slice_batch is not None and self.slice_batch < 1:
             raise EvaluationError(f"slice batch must be >= 1, got {self.slice_batch}")
         if not -3 <= self.axis < 3:
             raise EvaluationError(f"slice axis must be in -3..2, got {self.axis}")
@@ -622,9 +623,10 @@ class Evaluator:
         preds = {(protocol, v, t): np.zeros(volume.shape, dtype=bool)
                  for protocol in opts.protocols for v in concepts for t in opts.thresholds}
         index: list[Any] = [slice(None)] * 3
-        starts = range(0, n_slices, opts.slice_batch)
+        per_pass = opts.slice_batch or default_slice_batch(self.predictor.device)
+        starts = range(0, n_slices, per_pass)
         for start in tqdm(starts, desc=f"{case.case_id} slices", unit="batch", leave=False, disable=None):
-            ks = list(range(start, min(n_slices, start + opts.slice_batch)))
+            ks = list(range(start, min(n_slices, start + per_pass)))
             images = [volume.slice_rgb(k, opts.axis) for k in ks]
             label_slices = [geo.to_display(np.take(labels, k, axis=geo.axis)) for k in ks]
             plan, rows_in = [], []

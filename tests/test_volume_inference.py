@@ -101,3 +101,18 @@ def test_overlap_goes_to_the_best_score_and_cleanup_relabels():
     assert seg.voxels(0) == int(a.sum()) * 4        # binary masks keep the overlap
     legend = seg.legend()
     assert [e["prompt"] for e in legend] == ["a", "b"] and legend[1]["volume_ml"] == pytest.approx(b.sum() * 4e-3)
+
+
+def test_default_slice_batch_is_one_on_cpu_and_eight_on_cuda():
+    import torch
+
+    from medsam3.volume_inference import default_slice_batch
+
+    assert default_slice_batch(torch.device("cpu")) == 1
+    assert default_slice_batch(torch.device("cuda", 1)) == 8
+    vol = _volume(np.eye(4))
+    for device, expected in (("cpu", [1, 1, 1, 1]), ("cuda", [4])):
+        stub = _Stub({"a": ([], [])})
+        stub.device = torch.device(device)
+        segment_volume(stub, vol, ["a"])
+        assert stub.batches == expected

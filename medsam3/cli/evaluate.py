@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     d3.add_argument("--label-dir", help="folder of label maps named like the volumes (nnU-Net _0000 suffix ok)")
     d3.add_argument("--label-prompts", metavar="FILE", help='JSON/YAML mapping label value -> prompt, '
                                                             'e.g. {"1": "liver", "2": "spleen"}')
-    d3.add_argument("--slice-batch", type=int, default=8, help="slices per batched vision pass (default 8)")
+    d3.add_argument("--slice-batch", type=int,
+                    help="slices per batched vision pass (default: 8 on CUDA, 1 on CPU)")
     d3.add_argument("--axis", type=int, default=-1, help="voxel axis to slice along (default -1, axial)")
 
     e = p.add_argument_group("protocol and metrics")

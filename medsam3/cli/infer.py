@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
                    help="slice along this axis: auto = the volume's own slice axis (last voxel axis; axial for "
                         "axial scans), a plane (from the affine) or a voxel axis (default auto)")
-    v.add_argument("--slice-batch", type=int, default=8, help="slices per vision-encoder pass (default 8)")
+    v.add_argument("--slice-batch", type=int, help="slices per vision-encoder pass (default: 8 on CUDA, 1 on CPU, "
+                                                   "where batching slices gains nothing)")
     v.add_argument("--volume-index", type=int, help="which volume of a 4D NIfTI (0-based)")
     v.add_argument("--binary-masks", action="store_true",
                    help="also write one binary mask per prompt (masks/NN_prompt.nii.gz; PNG for 2D in a batch)")
@@ -109,7 +110,7 @@ def _window(values: list[str] | None):
 def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet: bool):
     from ..batch import InferenceOptions
 
-    if args.slice_batch < 1:
+    if args.slice_batch is not None and args.slice_batch < 1:
         raise ValueError("--slice-batch must be >= 1")
     if args.montage < 0:
         raise ValueError("--montage must be >= 0")

@@ -28,7 +28,8 @@ EXAMPLES = f"""examples:
   python {PROG} --config configs/full_lora_config.yaml --device 0 1          # 2 GPUs (launches torchrun)
   torchrun --nproc_per_node 4 {PROG} --config configs/full_lora_config.yaml
   python {PROG} --config cfg.yaml --set training.data_dir=/data/busi --set training.num_epochs=20
-exit codes: 0 ok, 2 bad input (config, data, checkpoint), 1 unexpected failure."""
+Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and exits 130; a second Ctrl-C stops at once.
+exit codes: 0 ok, 2 bad input (config, data, checkpoint), 130 stopped by Ctrl-C/SIGTERM, 1 unexpected failure."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     overrides = list(args.set) + ([f"hardware.device={device}"] if device else [])
     cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume, show_progress=not args.no_progress and not args.quiet)
+    if result.interrupted:
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         best = f", best {cfg.evaluation.metric} {result.best_metric:.4f}" if result.best_metric is not None else ""
         logger.info("done: %d steps%s; adapters in %s", result.global_step, best, result.output_dir)
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; steps after the newest checkpoint are lost, continue with --resume\n")
+        return 130
     finally:
         from ..train.distributed import cleanup
 

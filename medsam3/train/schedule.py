@@ -36,7 +36,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainingConfig, tota
 
 
 def total_optimizer_steps(tcfg: TrainingConfig, micro_batches_per_epoch: int) -> int:
-    """Optimizer steps of the whole run (``max_steps`` if set, else ``num_epochs`` epochs)."""
-    per_epoch = math.ceil(micro_batches_per_epoch / tcfg.gradient_accumulation_steps)
-    by_epochs = per_epoch * tcfg.num_epochs
-    return min(by_epochs, tcfg.max_steps) if tcfg.max_steps else by_epochs
+    """Optimizer steps of the whole run: ``max_steps`` if set (it overrides ``num_epochs``, as in
+    transformers' Trainer), else ``num_epochs`` epochs."""
+    if tcfg.max_steps:
+        return tcfg.max_steps
+    return math.ceil(micro_batches_per_epoch / tcfg.gradient_accumulation_steps) * tcfg.num_epochs

@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,6 +80,42 @@ class TrainResult:
     global_step: int
     best_metric: float | None
     last_eval: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    """Stopped early by Ctrl-C / SIGTERM; the last checkpoint holds the step reached."""
+
+
+class _StopRequest:
+    """First Ctrl-C (or SIGTERM): finish the current optimizer step, save a checkpoint, stop.
+
+    A second Ctrl-C interrupts at once (KeyboardInterrupt), losing only the steps since the last
+    checkpoint. Under torchrun every rank gets the signal; ranks agree on stopping through an
+    all-reduce, so they stop after the same step.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort now)")
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, device: torch.device) -> bool:
+        """True when any rank was asked to stop."""
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        return bool(all_reduce_sum(flag).item() > 0)
 
 
 class _SkipSampler(Sampler):
@@ -506,6 +544,25 @@ class Trainer:
                 digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return digest.hexdigest()
 
+    @staticmethod
+    def _after_step(record: dict[str, float], pending: dict[str, float], progress) -> None:
+        """Fold one step's losses into the running log window; update the progress bar."""
+        for k, v in record.items():
+            if k in ("lr", "grad_norm_after_clip"):
+                pending[k] = v
+            else:
+                pending[k] = pending.get(k, 0.0) + v
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['total']:.4f}", lr=f"{record['lr']:.2e}")
+
+    def _log_train(self, step: int, pending: dict[str, float], n_pending: int, t_log: float) -> None:
+        line: dict[str, Any] = {"type": "train", "step": step, "epoch": self.epoch}
+        line.update({k: (v if k in ("lr", "grad_norm_after_clip") else v / n_pending) for k, v in pending.items()})
+        line["loss"] = line.pop("total")
+        line["seconds_per_step"] = round((time.perf_counter() - t_log) / n_pending, 4)
+        self._log(line)
+
     def fit(self) -> TrainResult:
         t = self.cfg.training
         if self.is_main:
@@ -524,35 +581,40 @@ class Trainer:
         last_saved = last_eval = None
         t_log = time.perf_counter()
         windows = self._windows()
-        while self.global_step < self.total_steps:
-            window = next(windows)
-            record = self._step(window)
-            for k, v in record.items():
-                if k in ("lr", "grad_norm_after_clip"):
-                    pending[k] = v
-                else:
-                    pending[k] = pending.get(k, 0.0) + v
-            n_pending += 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{record['total']:.4f}", lr=f"{record['lr']:.2e}")
-            step = self.global_step
-            if step % t.logging_steps == 0 or step == self.total_steps:
-                line = {"type": "train", "step": step, "epoch": self.epoch}
-                line.update({k: (v if k in ("lr", "grad_norm_after_clip") else v / n_pending)
-                             for k, v in pending.items()})
-                line["loss"] = line.pop("total")
-                line["seconds_per_step"] = round((time.perf_counter() - t_log) / n_pending, 4)
-                self._log(line)
-                pending, n_pending, t_log = {}, 0, time.perf_counter()
-            if step % t.eval_steps == 0:
-                self.evaluate()
-                last_eval = step
-            if step % t.save_steps == 0:
-                self.save_checkpoint()
-                last_saved = step
+        interrupted = False
+        with _StopRequest() as stop:
+            while self.global_step < self.total_steps:
+                if stop.agreed(self.device):
+                    interrupted = True
+                    break
+                window = next(windows)
+                record = self._step(window)
+                self._after_step(record, pending, progress)
+                n_pending += 1
+                step = self.global_step
+                if step % t.logging_steps == 0 or step == self.total_steps:
+                    self._log_train(step, pending, n_pending, t_log)
+                    pending, n_pending, t_log = {}, 0, time.perf_counter()
+                if step % t.eval_steps == 0 and not stop.requested:
+                    self.evaluate()
+                    last_eval = step
+                if step % t.save_steps == 0:
+                    self.save_checkpoint()
+                    last_saved = step
         if progress is not None:
             progress.close()
+        if interrupted:
+            if n_pending:
+                self._log_train(self.global_step, pending, n_pending, t_log)
+            if last_saved != self.global_step:
+                self.save_checkpoint()
+            if self.is_main:
+                logger.warning("stopped at step %d of %d; checkpoint %s; continue with --resume", self.global_step,
+                               self.total_steps, self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}")
+                if self._tb:
+                    self._tb.close()
+            barrier()
+            return TrainResult(self.output_dir, self.global_step, self.best_metric, self.last_eval, interrupted=True)
         if last_eval != self.global_step:
             self.evaluate()
         if last_saved != self.global_step:

@@ -89,3 +89,35 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_checkpoint, shapes_dir):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2",
                                                                                          "checkpoint-3"]
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".old"))]
+
+
+def test_ctrl_c_saves_a_checkpoint_at_the_step_reached_and_resume_continues(tmp_path, tiny_checkpoint, shapes_dir):
+    import signal
+    import time
+
+    cfg = tiny_train_config(tmp_path, tiny_checkpoint, shapes_dir, training={
+        "max_steps": 10000, "save_steps": 10000, "eval_steps": 10000, "logging_steps": 1, "batch_size": 1})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    log = tmp_path / "outputs" / "train_log.jsonl"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train_sam3_lora_native.py"), "--config", str(cfg),
+                             "--no-progress"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    reached = steps[-1]
+    assert steps == list(range(1, reached + 1)) and reached < 10000
+    assert [p.name for p in (tmp_path / "outputs").iterdir() if p.name.startswith("checkpoint-")] == [
+        f"checkpoint-{reached}"]
+    assert f"stopped at step {reached} of 10000" in err and "--resume" in err
+    assert main(["--config", str(cfg), "--no-progress", "-q", "--resume",
+                 "--set", f"training.max_steps={reached + 2}"]) == 0
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if json.loads(line)["type"] == "train"]
+    assert steps == list(range(1, reached + 3))

@@ -188,6 +188,11 @@ def test_num_epochs_decides_the_step_count_without_max_steps(tmp_path, tiny_chec
                    show_progress=False)
     assert result.global_step == 4
     assert [r["epoch"] for r in _log(result.output_dir)] == [0, 0, 1, 1]
+    # max_steps overrides num_epochs (as in transformers' Trainer): 5 steps run into a third epoch.
+    longer = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "longer",
+                        training=dict(num_epochs=1, batch_size=4, max_steps=5)), show_progress=False)
+    assert longer.global_step == 5
+    assert [r["epoch"] for r in _log(longer.output_dir)] == [0, 0, 1, 1, 2]
 
 
 def test_save_lora_only_false_writes_a_merged_model_that_predicts_like_the_adapter(

@@ -216,3 +216,20 @@ def test_save_lora_only_false_writes_a_merged_model_that_predicts_like_the_adapt
     base = Predictor.from_config(load_config(cfg.source.split(" ")[0]), weights="none", device="cpu")
     base.set_image(image)
     assert np.abs(base.predict(["lesion"], threshold=0.0)[0].scores - a.scores).max() > 2e-3  # training changed it
+
+
+def test_tensorboard_events_mirror_the_jsonl_log(tmp_path, tiny_checkpoint, shapes_dir):
+    from tensorboard.backend.event_processing import event_accumulator  # a test dependency: never skipped
+
+    cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(max_steps=3, eval_steps=3, warmup_steps=2,
+                                                                    lr_scheduler="linear"),
+               output={"logging_dir": "tb"})
+    out = train(cfg, show_progress=False).output_dir
+    acc = event_accumulator.EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "eval/val_loss", "eval/dice"} <= set(tags)
+    logged = _log(out)
+    assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in logged] == [1, 2, 3]
+    assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx([r["lr"] for r in logged])
+    assert acc.Scalars("eval/val_loss")[0].value == pytest.approx(_log(out, "eval")[0]["val_loss"])

@@ -193,10 +193,15 @@ def load_input(path: str | Path, window: WindowSpec = None, volume_index: int | 
 
 
 # -- one input ------------------------------------------------------------------------------------
+def summary_row(**values: Any) -> dict:
+    """One summary.csv row; fields not given are left empty."""
+    return {name: values.get(name, "") for name in SUMMARY_FIELDS}
+
+
 def _image_rows(path: Path, results: Sequence[Detections], seconds: float) -> list[dict]:
-    return [{"file": str(path), "kind": "image", "prompt": d.prompt, "detections": len(d),
-             "area_px": int(d.semantic_mask().sum()), "voxels": "", "volume_ml": "", "seconds": round(seconds, 3),
-             "status": "ok", "error": ""} for d in results]
+    return [summary_row(file=str(path), kind="image", prompt=d.prompt, detections=len(d),
+                        area_px=int(d.semantic_mask().sum()), seconds=round(seconds, 3), status="ok")
+            for d in results]
 
 
 def segment_image(predictor, image: Image2D, opts: InferenceOptions) -> list[Detections]:
@@ -265,6 +270,7 @@ def write_volume_outputs(volume: Volume, seg: VolumeSegmentation, out_dir: Path,
         save_png(label_montage(tiles, [f"slice {k}" for k in ks], seg.prompts), out_dir / "montage.png")
         written["montage"] = "montage.png"
     seconds = seg.seconds if seconds is None else seconds
+    entries = seg.legend()  # counts voxels over the whole volume: once
     legend = {
         "input": str(volume.path) if volume.path else None,
         "kind": "volume",
@@ -277,14 +283,13 @@ def write_volume_outputs(volume: Volume, seg: VolumeSegmentation, out_dir: Path,
         "adapter": opts.adapter,
         **seg.settings,
         "prompts": seg.prompts,
-        "labels": [{"value": 0, "prompt": "background"}, *seg.legend()],
+        "labels": [{"value": 0, "prompt": "background"}, *entries],
         "files": written,
         "seconds": round(seconds, 3),
         "summary_rows": [
-            {"file": str(volume.path), "kind": "volume", "prompt": e["prompt"], "detections": e["detections"],
-             "area_px": "", "voxels": e["voxels"], "volume_ml": e["volume_ml"], "seconds": round(seconds, 3),
-             "status": "ok", "error": ""}
-            for e in seg.legend()
+            summary_row(file=str(volume.path), kind="volume", prompt=e["prompt"], detections=e["detections"],
+                        voxels=e["voxels"], volume_ml=e["volume_ml"], seconds=round(seconds, 3), status="ok")
+            for e in entries
         ],
     }
     write_json(legend, out_dir / VOLUME_DONE)
@@ -397,9 +402,7 @@ def run_batch(predictor, inputs: Sequence[str | Path], output_dir: str | Path, o
                     logger.error("FAILED %s: %s", path, message)
                     logger.debug("traceback", exc_info=True)
                     report.failures.append((path, message))
-                    summary.add([{"file": str(path), "kind": "", "prompt": "", "detections": "", "area_px": "",
-                                  "voxels": "", "volume_ml": "", "seconds": "", "status": "failed",
-                                  "error": message}])
+                    summary.add([summary_row(file=str(path), status="failed", error=message)])
                 bar.update(1)
     finally:
         _write_batch_files(output_dir, report, coco_images, coco_anns, opts.prompts)

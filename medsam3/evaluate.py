@@ -61,6 +61,7 @@ from .io import ImageReadError, Volume, load_image2d, load_volume, save_label_ma
 from .io.windows import WindowSpec, parse_window
 from .metrics import compute_all, summarize
 from .postprocess import Detections, detection_scores, postprocess_query_outputs
+from .postprocess3d import keep_largest_component
 from .volume_inference import default_slice_batch
 
 __all__ = [
@@ -459,11 +460,10 @@ def largest_component_box(mask: np.ndarray) -> np.ndarray | None:
     Why the largest component: one box per prompt is what the text+box protocol hands the model, and
     the largest component is the deterministic, unambiguous choice for multi-part structures.
     """
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool))
-    if n == 0:
+    component = keep_largest_component(mask, connectivity=1)  # face connectivity, ties -> first
+    if not component.any():
         return None
-    sizes = np.bincount(labels.ravel())[1:]
-    rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+    rows, cols = ndimage.find_objects(component.astype(np.uint8))[0]
     return np.array([cols.start, rows.start, cols.stop, rows.stop], dtype=np.float32)
 
 

@@ -28,13 +28,46 @@ from .config import Config
 from .model import resolve_device, unwrap
 from .postprocess import Detections, detection_scores, postprocess_query_outputs
 
-__all__ = ["ImageInput", "Predictor", "PAD_BOX", "PAD_LABEL"]
+__all__ = ["ImageInput", "Predictor", "PAD_BOX", "PAD_LABEL", "TEXT_MAX_LENGTH", "padding_geometry", "select_vision",
+           "tokenize_prompts"]
 
 logger = logging.getLogger(__name__)
 
 ImageInput = Union[np.ndarray, Image.Image, str, Path]
 PAD_BOX = (0.5, 0.5, 0.1, 0.1)  # cxcywh, ignored by attention: it only makes the geometry CLS run
 PAD_LABEL = -10
+TEXT_MAX_LENGTH = 32  # what Sam3Processor pads prompts to
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` padded to SAM3's text length (inference and training alike)."""
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
+                       return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def padding_geometry(rows: int, slots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slots`` padding boxes per row: with them a text-only prompt gets the geometry CLS (DESIGN.md)."""
+    boxes = torch.tensor([PAD_BOX], dtype=torch.float32).repeat(rows, slots, 1)
+    labels = torch.full((rows, slots), PAD_LABEL, dtype=torch.long)
+    return boxes, labels
+
+
+def select_vision(vision: Sam3VisionEncoderOutput, image_index) -> Sam3VisionEncoderOutput:
+    """The vision features of ``image_index[i]`` for each prompt row ``i``.
+
+    One image: its features are broadcast (``expand``, no copy); several: gathered per row.
+    """
+    first = vision.fpn_hidden_states[0]
+    if first.shape[0] == 1:
+        pick = lambda t: t.expand(len(image_index), *t.shape[1:])  # noqa: E731
+    else:
+        idx = torch.as_tensor(image_index, device=first.device)
+        pick = lambda t: t.index_select(0, idx)  # noqa: E731
+    return Sam3VisionEncoderOutput(
+        fpn_hidden_states=tuple(pick(t) for t in vision.fpn_hidden_states),
+        fpn_position_encoding=tuple(pick(t) for t in vision.fpn_position_encoding),
+    )
 _TEXT_CACHE_SIZE = 512
 
 
@@ -157,8 +190,7 @@ class Predictor:
     def _text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            tokens = self.processor.tokenizer(missing, padding="max_length", max_length=32, truncation=True,
-                                              return_tensors="pt").to(self.device)
+            tokens = {k: v.to(self.device) for k, v in tokenize_prompts(self.processor.tokenizer, missing).items()}
             with self._autocast():
                 feats = self.model.get_text_features(input_ids=tokens["input_ids"],
                                                      attention_mask=tokens["attention_mask"]).pooler_output
@@ -174,23 +206,9 @@ class Predictor:
         """Forget cached text embeddings (call after changing the model's weights)."""
         self._text_cache.clear()
 
-    @staticmethod
-    def _select_vision(vision: Sam3VisionEncoderOutput, image_index: list[int]) -> Sam3VisionEncoderOutput:
-        n_images = vision.fpn_hidden_states[0].shape[0]
-        if n_images == 1:  # the common case: broadcast one image's features, no copy
-            pick = lambda t: t.expand(len(image_index), *t.shape[1:])  # noqa: E731
-        else:
-            idx = torch.as_tensor(image_index, device=vision.fpn_hidden_states[0].device)
-            pick = lambda t: t.index_select(0, idx)  # noqa: E731
-        return Sam3VisionEncoderOutput(
-            fpn_hidden_states=tuple(pick(t) for t in vision.fpn_hidden_states),
-            fpn_position_encoding=tuple(pick(t) for t in vision.fpn_position_encoding),
-        )
-
     def _geometry(self, rows_boxes: list[tuple[np.ndarray, np.ndarray]], sizes: list[tuple[int, int]]):
         k = max(1, max(len(b) for b, _ in rows_boxes))
-        boxes = torch.tensor([PAD_BOX], dtype=torch.float32).repeat(len(rows_boxes), k, 1)
-        labels = torch.full((len(rows_boxes), k), PAD_LABEL, dtype=torch.long)
+        boxes, labels = padding_geometry(len(rows_boxes), k)
         for i, ((b, lab), (h, w)) in enumerate(zip(rows_boxes, sizes)):
             if len(b):
                 xyxy = torch.from_numpy(b) / torch.tensor([w, h, w, h], dtype=torch.float32)
@@ -208,7 +226,7 @@ class Predictor:
         input_boxes, input_labels = self._geometry(rows_boxes, [sizes[i] for i in image_index])
         with self._autocast():
             return self.model(
-                vision_embeds=self._select_vision(vision, image_index),
+                vision_embeds=select_vision(vision, image_index),
                 text_embeds=BaseModelOutputWithPooling(pooler_output=text_embeds),
                 attention_mask=text_mask,
                 input_boxes=input_boxes,

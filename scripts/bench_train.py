@@ -32,7 +32,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     from medsam3.config import load_config
     from medsam3.model import add_lora
     from medsam3.tiny import tiny_tokenizer
-    from medsam3.train.forward import TrainForward, pad_geometry, tokenize
+    from medsam3.train.forward import TrainForward, batch_inputs
     from medsam3.train.loss import Sam3Loss
     from medsam3.train.schedule import build_optimizer
     from medsam3.train.trainer import enable_gradient_checkpointing
@@ -64,13 +64,10 @@ def run_mode(args: argparse.Namespace) -> dict:
                 "mask_valid": torch.tensor([True])}]
     queries += [{"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, m, m), "mask_valid": torch.zeros(0, dtype=torch.bool)}
                 for _ in prompts[1:]]
-    pixel_values = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=device)
-    index = torch.arange(args.batch_size).repeat_interleave(len(prompts)).to(device)
-    tokens = tokenize(_Proc, prompts * args.batch_size)
-    boxes, labels = pad_geometry(len(index))
-    inputs = dict(pixel_values=pixel_values, query_image_index=index, input_ids=tokens["input_ids"].to(device),
-                  attention_mask=tokens["attention_mask"].to(device), input_boxes=boxes.to(device),
-                  input_boxes_labels=labels.to(device))
+    batch = {"prompts": prompts * args.batch_size,
+             "pixel_values": torch.randn(args.batch_size, 3, args.resolution, args.resolution),
+             "query_image_index": torch.arange(args.batch_size).repeat_interleave(len(prompts))}
+    inputs = batch_inputs(batch, _Proc, device)
     targets = queries * args.batch_size
     use_amp = device.type == "cuda" and args.precision == "bf16"
     if device.type == "cuda":

@@ -121,12 +121,14 @@ def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet:
         fill_holes=args.fill_holes, montage_slices=args.montage, progress=not quiet)
 
 
-def _load_predictor(cfg, args):
+def _load_predictor(cfg, args, opts):
+    """The model, once per run; ``opts.adapter`` records where its adapter came from."""
     from ..predictor import Predictor
 
     t0 = time.perf_counter()
     predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device)
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
+    opts.adapter = predictor.adapter_origin
     return predictor
 
 
@@ -151,8 +153,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
         inputs = discover_inputs(args.input_dir, exclude=args.output_dir)
         logger.info("%d input(s) from %s", len(inputs), args.input_dir)
-        predictor = _load_predictor(cfg, args)  # once for the whole batch
-        opts.adapter = predictor.adapter_origin
+        predictor = _load_predictor(cfg, args, opts)  # once for the whole batch
         report = run_batch(predictor, inputs, args.output_dir, opts, skip_existing=args.skip_existing)
         return report.exit_code
 
@@ -167,15 +168,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
                              "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)")
         out_dir = Path(args.output_dir) if args.output_dir else image_path.parent / f"{input_name(image_path)}_medsam3"
-        predictor = _load_predictor(cfg, args)
-        opts.adapter = predictor.adapter_origin
+        predictor = _load_predictor(cfg, args, opts)
         process_volume(predictor, loaded, out_dir, opts)
         logger.info("outputs -> %s/ (labels.nii.gz, legend.json)", out_dir)
         return 0
 
     image = loaded.image.rgb
-    predictor = _load_predictor(cfg, args)
-    opts.adapter = predictor.adapter_origin
+    predictor = _load_predictor(cfg, args, opts)
     t0 = time.perf_counter()
     predictor.set_image(image)
     results = predictor.predict(prompts, boxes=boxes or None, box_labels=labels or None,

@@ -20,7 +20,6 @@ interrupted save never leaves a half-written checkpoint that ``--resume`` would 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -36,7 +35,7 @@ from safetensors.torch import load_file, save_file
 __all__ = [
     "CHECKPOINT_PREFIX", "TRAINER_STATE", "atomic_dir", "checkpoint_step", "latest_checkpoint",
     "list_checkpoints", "load_trainable", "load_trainer_state", "prune_checkpoints", "resolve_resume",
-    "save_trainable", "write_json_atomic",
+    "save_trainable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,12 +65,6 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -13,28 +13,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 from ..model import unwrap
-from ..predictor import PAD_BOX, PAD_LABEL
+from ..predictor import padding_geometry, select_vision, tokenize_prompts
 from .loss import DecoderLayerCapture
 
-__all__ = ["TEXT_MAX_LENGTH", "TrainForward", "tokenize", "pad_geometry"]
-
-TEXT_MAX_LENGTH = 32  # what Sam3Processor and Predictor pad prompts to
-
-
-def tokenize(processor: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
-    tokens = processor.tokenizer(prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
-                                 return_tensors="pt")
-    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
-
-
-def pad_geometry(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One padding box per row: makes the geometry CLS run for text-only prompts."""
-    boxes = torch.tensor([PAD_BOX], dtype=torch.float32).repeat(rows, 1, 1)
-    labels = torch.full((rows, 1), PAD_LABEL, dtype=torch.long)
-    return boxes, labels
+__all__ = ["TrainForward", "batch_inputs"]
 
 
 class TrainForward(nn.Module):
@@ -55,10 +39,7 @@ class TrainForward(nn.Module):
     ) -> dict[str, torch.Tensor]:
         sam = unwrap(self.model)
         vision = sam.get_vision_features(pixel_values=pixel_values)
-        per_query = Sam3VisionEncoderOutput(
-            fpn_hidden_states=tuple(t.index_select(0, query_image_index) for t in vision.fpn_hidden_states),
-            fpn_position_encoding=tuple(t.index_select(0, query_image_index) for t in vision.fpn_position_encoding),
-        )
+        per_query = select_vision(vision, query_image_index)
         with DecoderLayerCapture(sam) as capture:
             outputs = sam(
                 vision_embeds=per_query,
@@ -72,8 +53,8 @@ class TrainForward(nn.Module):
 
 def batch_inputs(batch: dict[str, Any], processor: Any, device: torch.device) -> dict[str, torch.Tensor]:
     """Model inputs of a ``ConceptBatch`` on ``device``."""
-    tokens = tokenize(processor, batch["prompts"])
-    boxes, labels = pad_geometry(len(batch["prompts"]))
+    tokens = tokenize_prompts(processor.tokenizer, batch["prompts"])
+    boxes, labels = padding_geometry(len(batch["prompts"]))
     return {
         "pixel_values": batch["pixel_values"].to(device, non_blocking=True),
         "query_image_index": batch["query_image_index"].to(device),

@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -37,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..adapters import save_adapter
 from ..config import Config
+from ..export import atomic_path, write_json
 from ..data import (
     AugmentConfig,
     CocoConceptDataset,
@@ -54,7 +54,6 @@ from .checkpoint import (
     prune_checkpoints,
     resolve_resume,
     save_trainable,
-    write_json_atomic,
 )
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .forward import TrainForward, batch_inputs
@@ -382,9 +381,8 @@ class Trainer:
             # Lines written after this checkpoint by the interrupted run are replayed now: drop them.
             kept = [line for line in log.read_text(encoding="utf-8").splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
-            tmp = log.with_name(f".tmp-{log.name}")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, log)
+            with atomic_path(log) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         if self.is_main:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.global_step, self.epoch,
                         self.batches_done)
@@ -418,8 +416,8 @@ class Trainer:
                 save_trainable(self.model, tmp)
                 state = self._trainer_state()
                 torch.save(state, tmp / TRAINER_STATE)
-                write_json_atomic(tmp / "trainer_state.json", {
-                    k: state[k] for k in ("global_step", "epoch", "batches_done", "best_metric", "world_size")})
+                write_json({k: state[k] for k in ("global_step", "epoch", "batches_done", "best_metric", "world_size")},
+                           tmp / "trainer_state.json")
             prune_checkpoints(self.output_dir, self.cfg.training.save_total_limit)
             logger.info("checkpoint -> %s", path)
         barrier()
@@ -567,7 +565,7 @@ class Trainer:
         t = self.cfg.training
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.output_dir / "config.json", self.cfg.to_dict())
+            write_json(self.cfg.to_dict(), self.output_dir / "config.json")
             logger.info("training %d optimizer steps (%d micro-batches/epoch/rank, batch %d, accumulation %d, "
                         "%d process(es)) on %s -> %s", self.total_steps, self.batches_per_epoch, t.batch_size,
                         t.gradient_accumulation_steps, self.dist.world_size, self.device, self.output_dir)

@@ -10,7 +10,6 @@ is the fraction of them with any detection.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..data import CocoConceptDataset, collate, load_rgb_image
+from ..export import write_json
 from ..metrics import dice, iou
 from ..predictor import Predictor
 from .distributed import DistInfo, all_reduce_sum
@@ -101,5 +101,5 @@ def evaluate_metrics(predictor: Predictor, dataset: CocoConceptDataset, device: 
             dist.all_gather_object(gathered, records)
             records = [r for part in gathered for r in part]
         if dist_info.is_main:
-            predictions_file.write_text(json.dumps(records))
+            write_json(records, predictions_file)
     return out

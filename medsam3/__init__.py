@@ -7,17 +7,17 @@ __all__ = ["Config", "Detections", "Predictor", "load_config"]
 
 
 def __getattr__(name: str):
-    # Lazy: `import medsam3.io` or `medsam3.metrics` should not pay for importing transformers.
+    # Lazy: `import medsam3.io` or `medsam3.evaluation.metrics` should not pay for importing transformers.
     if name in ("Config", "load_config"):
         from . import config
 
         return getattr(config, name)
     if name == "Predictor":
-        from .predictor import Predictor
+        from .inference.predictor import Predictor
 
         return Predictor
     if name == "Detections":
-        from .postprocess import Detections
+        from .inference.postprocess import Detections
 
         return Detections
     raise AttributeError(f"module 'medsam3' has no attribute {name!r}")

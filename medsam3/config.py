@@ -40,8 +40,18 @@ class ConfigError(ValueError):
 
 # The target list MedSAM3-v1 was trained with (upstream matched Linear names *containing* these).
 UPSTREAM_TARGET_MODULES = (
-    "qkv", "proj", "fc1", "fc2", "q_proj", "k_proj", "v_proj", "out_proj",
-    "c_fc", "c_proj", "linear1", "linear2",
+    "qkv",
+    "proj",
+    "fc1",
+    "fc2",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "c_fc",
+    "c_proj",
+    "linear1",
+    "linear2",
 )
 
 
@@ -192,9 +202,7 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return {type(None): "null", bool: "true/false", int: "integer", float: "number", str: "string"}.get(
-        tp, str(tp)
-    )
+    return {type(None): "null", bool: "true/false", int: "integer", float: "number", str: "string"}.get(tp, str(tp))
 
 
 _NO = object()

@@ -20,12 +20,28 @@ import torch
 from transformers import Sam3Model, Sam3Processor
 
 from medsam3.config import ModelConfig
+from medsam3.inference.predictor import PAD_BOX, PAD_LABEL, Predictor
 from medsam3.model import load_base_model, resolve_device
-from medsam3.predictor import PAD_BOX, PAD_LABEL, Predictor
-from medsam3.tiny import random_sam3
+from medsam3.testing import random_sam3
 
-PROMPTS = ["liver", "liver tumor", "kidney", "spleen", "pancreas", "gallbladder", "stomach", "aorta",
-           "left lung", "right lung", "heart", "bladder", "prostate", "brain tumor", "skin lesion", "polyp"]
+PROMPTS = [
+    "liver",
+    "liver tumor",
+    "kidney",
+    "spleen",
+    "pancreas",
+    "gallbladder",
+    "stomach",
+    "aorta",
+    "left lung",
+    "right lung",
+    "heart",
+    "bladder",
+    "prostate",
+    "brain tumor",
+    "skin lesion",
+    "polyp",
+]
 
 
 def build(model: str, resolution: int | None) -> tuple[Sam3Model, Sam3Processor]:
@@ -56,23 +72,31 @@ def main() -> None:
     image = (np.random.RandomState(0).rand(600, 800, 3) * 255).astype(np.uint8)
     res = processor.image_processor.size["height"]
     n_params = sum(p.numel() for p in predictor.model.parameters())
-    print(f"model={args.model} params={n_params / 1e6:.1f}M resolution={res} device={device} "
-          f"precision={'bf16' if predictor.autocast_dtype else 'fp32'} prompts={len(prompts)} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} params={n_params / 1e6:.1f}M resolution={res} device={device} "
+        f"precision={'bf16' if predictor.autocast_dtype else 'fp32'} prompts={len(prompts)} "
+        f"threads={torch.get_num_threads()}"
+    )
 
     # Warm-up (allocator, kernels) on both paths, untimed.
     predictor.set_image(image)
     predictor.predict(prompts[:1], threshold=0.0, nms_iou=None)
-    autocast = (torch.autocast(device.type, dtype=predictor.autocast_dtype) if predictor.autocast_dtype
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=predictor.autocast_dtype)
+        if predictor.autocast_dtype
+        else contextlib.nullcontext()
+    )
 
     def full_forward(prompt: str):
         inputs = processor(images=image, text=[prompt], return_tensors="pt").to(device)
         with autocast:
-            return predictor.model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                                   attention_mask=inputs["attention_mask"],
-                                   input_boxes=torch.tensor([[PAD_BOX]], device=device),
-                                   input_boxes_labels=torch.tensor([[PAD_LABEL]], device=device))
+            return predictor.model(
+                pixel_values=inputs["pixel_values"],
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                input_boxes=torch.tensor([[PAD_BOX]], device=device),
+                input_boxes_labels=torch.tensor([[PAD_LABEL]], device=device),
+            )
 
     sync(device)
     t0 = time.perf_counter()

@@ -31,11 +31,11 @@ def run_mode(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO))
     from medsam3.config import load_config
     from medsam3.model import add_lora
-    from medsam3.tiny import tiny_tokenizer
+    from medsam3.testing import tiny_tokenizer
     from medsam3.train.forward import TrainForward, batch_inputs
     from medsam3.train.loss import Sam3Loss
     from medsam3.train.schedule import build_optimizer
-    from medsam3.train.trainer import enable_gradient_checkpointing
+    from medsam3.train.setup import enable_gradient_checkpointing
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -59,14 +59,17 @@ def run_mode(args: argparse.Namespace) -> dict:
     m = (args.resolution // 14) * 4
     prompts = ["lesion", "liver", "kidney", "spleen"][: args.queries]
     mask = torch.zeros(1, m, m)
-    mask[0, m // 4: m // 2, m // 4: m // 2] = 1
-    queries = [{"boxes": torch.tensor([[0.375, 0.375, 0.25, 0.25]]), "masks": mask,
-                "mask_valid": torch.tensor([True])}]
-    queries += [{"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, m, m), "mask_valid": torch.zeros(0, dtype=torch.bool)}
-                for _ in prompts[1:]]
-    batch = {"prompts": prompts * args.batch_size,
-             "pixel_values": torch.randn(args.batch_size, 3, args.resolution, args.resolution),
-             "query_image_index": torch.arange(args.batch_size).repeat_interleave(len(prompts))}
+    mask[0, m // 4 : m // 2, m // 4 : m // 2] = 1
+    queries = [{"boxes": torch.tensor([[0.375, 0.375, 0.25, 0.25]]), "masks": mask, "mask_valid": torch.tensor([True])}]
+    queries += [
+        {"boxes": torch.zeros(0, 4), "masks": torch.zeros(0, m, m), "mask_valid": torch.zeros(0, dtype=torch.bool)}
+        for _ in prompts[1:]
+    ]
+    batch = {
+        "prompts": prompts * args.batch_size,
+        "pixel_values": torch.randn(args.batch_size, 3, args.resolution, args.resolution),
+        "query_image_index": torch.arange(args.batch_size).repeat_interleave(len(prompts)),
+    }
     inputs = batch_inputs(batch, _Proc, device)
     targets = queries * args.batch_size
     use_amp = device.type == "cuda" and args.precision == "bf16"
@@ -84,12 +87,17 @@ def run_mode(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-    timed = times[args.warmup:]
+    timed = times[args.warmup :]
     out = {
-        "device": str(device), "resolution": args.resolution, "batch_size": args.batch_size,
-        "queries_per_image": len(prompts), "gradient_checkpointing": args.checkpointing,
-        "precision": "bf16 autocast" if use_amp else "fp32", "build_s": round(build_s, 1),
-        "seconds_per_step": round(sum(timed) / len(timed), 2), "step_times": [round(t, 2) for t in times],
+        "device": str(device),
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+        "queries_per_image": len(prompts),
+        "gradient_checkpointing": args.checkpointing,
+        "precision": "bf16 autocast" if use_amp else "fp32",
+        "build_s": round(build_s, 1),
+        "seconds_per_step": round(sum(timed) / len(timed), 2),
+        "step_times": [round(t, 2) for t in times],
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "peak_cpu_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
@@ -119,9 +127,25 @@ def main() -> int:
         return 0
     results = []
     for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, "--child", "--device", args.device, "--resolution", str(args.resolution),
-               "--batch-size", str(args.batch_size), "--queries", str(args.queries), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--precision", args.precision]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--device",
+            args.device,
+            "--resolution",
+            str(args.resolution),
+            "--batch-size",
+            str(args.batch_size),
+            "--queries",
+            str(args.queries),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--precision",
+            args.precision,
+        ]
         if mode == "on":
             cmd.append("--checkpointing")
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -130,13 +154,17 @@ def main() -> int:
             return proc.returncode
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     for r in results:
-        mem = f"peak GPU {r['peak_gpu_gib']} GiB ({r['gpu']})" if "peak_gpu_gib" in r else \
-            f"peak RSS {r['peak_cpu_rss_gib']} GiB"
+        mem = (
+            f"peak GPU {r['peak_gpu_gib']} GiB ({r['gpu']})"
+            if "peak_gpu_gib" in r
+            else f"peak RSS {r['peak_cpu_rss_gib']} GiB"
+        )
         sys.stdout.write(
             f"{r['device']} {r['resolution']}px batch {r['batch_size']} x {r['queries_per_image']} prompts, "
             f"{r['precision']}, gradient checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}: "
             f"{r['seconds_per_step']} s/step (steps {r['step_times']}), {mem}, "
-            f"{r['trainable_params']:,} LoRA params\n")
+            f"{r['trainable_params']:,} LoRA params\n"
+        )
     return 0
 
 

@@ -27,11 +27,11 @@ import torch
 from transformers import Sam3Model, Sam3Processor
 
 from medsam3.config import ModelConfig
+from medsam3.inference.predictor import PAD_BOX, PAD_LABEL, Predictor
+from medsam3.inference.volume import segment_volume
 from medsam3.io import Volume, choose_intensity
 from medsam3.model import load_base_model, resolve_device
-from medsam3.predictor import PAD_BOX, PAD_LABEL, Predictor
-from medsam3.tiny import random_sam3
-from medsam3.volume_inference import segment_volume
+from medsam3.testing import random_sam3
 
 PROMPTS = ["liver", "spleen", "kidney", "aorta", "pancreas", "stomach", "gallbladder", "bladder"]
 
@@ -44,8 +44,9 @@ def build(model: str, resolution: int | None) -> tuple[Sam3Model, Sam3Processor]
 
 def synthetic_ct(n_slices: int, size: int) -> Volume:
     """A CT-like volume in HU: air, a body ellipse, an 'organ' ellipsoid; 0.8 x 0.8 x 2.5 mm."""
-    z, y, x = np.meshgrid(np.linspace(-1, 1, n_slices), np.linspace(-1, 1, size), np.linspace(-1, 1, size),
-                          indexing="ij")
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, n_slices), np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij"
+    )
     rng = np.random.default_rng(0)
     data = np.full(z.shape, -1000.0, np.float32)
     data[(x / 0.9) ** 2 + (y / 0.7) ** 2 < 1] = 40
@@ -53,8 +54,13 @@ def synthetic_ct(n_slices: int, size: int) -> Volume:
     data += rng.normal(0, 15, data.shape).astype(np.float32)
     data = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))  # (x, y, z) voxel order, slices last
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
-    return Volume(data=data, affine=affine, spacing=(0.8, 0.8, 2.5), modality="CT",
-                  intensity=choose_intensity(data, modality="CT"))
+    return Volume(
+        data=data,
+        affine=affine,
+        spacing=(0.8, 0.8, 2.5),
+        modality="CT",
+        intensity=choose_intensity(data, modality="CT"),
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -70,8 +76,12 @@ def main() -> None:
     ap.add_argument("--slice-size", type=int, default=256, help="in-plane voxels (default 256)")
     ap.add_argument("--batch-size", type=int, default=8, help="slices per vision pass, batched run (default 8)")
     ap.add_argument("--prompts", type=int, default=2, help="text prompts per slice (default 2)")
-    ap.add_argument("--upstream-slices", type=int, default=4,
-                    help="slices timed the upstream way (full forward per slice per prompt); 0 skips (default 4)")
+    ap.add_argument(
+        "--upstream-slices",
+        type=int,
+        default=4,
+        help="slices timed the upstream way (full forward per slice per prompt); 0 skips (default 4)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = ap.parse_args()
@@ -83,25 +93,34 @@ def main() -> None:
     volume = synthetic_ct(args.slices, args.slice_size)
     res = processor.image_processor.size["height"]
     n_params = sum(p.numel() for p in predictor.model.parameters())
-    print(f"model={args.model} params={n_params / 1e6:.1f}M resolution={res} device={device} "
-          f"precision={'bf16' if predictor.autocast_dtype else 'fp32'} threads={torch.get_num_threads()} "
-          f"volume={volume.shape} slices={args.slices} prompts={len(prompts)} batch={args.batch_size}", flush=True)
+    print(
+        f"model={args.model} params={n_params / 1e6:.1f}M resolution={res} device={device} "
+        f"precision={'bf16' if predictor.autocast_dtype else 'fp32'} threads={torch.get_num_threads()} "
+        f"volume={volume.shape} slices={args.slices} prompts={len(prompts)} batch={args.batch_size}",
+        flush=True,
+    )
 
     # Warm-up, untimed: allocator, kernels, text-embedding cache (both timed runs then share it).
     predictor.predict_images([volume.slice_rgb(0)], prompts, threshold=0.0)
 
-    autocast = (torch.autocast(device.type, dtype=predictor.autocast_dtype) if predictor.autocast_dtype
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=predictor.autocast_dtype)
+        if predictor.autocast_dtype
+        else contextlib.nullcontext()
+    )
 
     def upstream(k: int) -> None:
         image = volume.slice_rgb(k)
         for prompt in prompts:
             inputs = processor(images=image, text=[prompt], return_tensors="pt").to(device)
             with autocast:
-                predictor.model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                                attention_mask=inputs["attention_mask"],
-                                input_boxes=torch.tensor([[PAD_BOX]], device=device),
-                                input_boxes_labels=torch.tensor([[PAD_LABEL]], device=device))
+                predictor.model(
+                    pixel_values=inputs["pixel_values"],
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs["attention_mask"],
+                    input_boxes=torch.tensor([[PAD_BOX]], device=device),
+                    input_boxes_labels=torch.tensor([[PAD_LABEL]], device=device),
+                )
 
     def clock(fn) -> float:
         sync(device)
@@ -119,30 +138,45 @@ def main() -> None:
     labels_b, labels_1 = [], []
     for c, start in enumerate(range(0, args.slices, args.batch_size)):
         stop = min(start + args.batch_size, args.slices)
-        chunk = Volume(data=volume.data[..., start:stop], affine=volume.affine, spacing=volume.spacing,
-                       modality=volume.modality, intensity=volume.intensity)
+        chunk = Volume(
+            data=volume.data[..., start:stop],
+            affine=volume.affine,
+            spacing=volume.spacing,
+            modality=volume.modality,
+            intensity=volume.intensity,
+        )
         seg = {}
-        t_b += clock(lambda: seg.update(b=segment_volume(predictor, chunk, prompts, slice_batch=args.batch_size)))
-        t_1 += clock(lambda: seg.update(one=segment_volume(predictor, chunk, prompts, slice_batch=1)))
+        t_b += clock(
+            lambda c=chunk, s=seg: s.update(b=segment_volume(predictor, c, prompts, slice_batch=args.batch_size))
+        )
+        t_1 += clock(lambda c=chunk, s=seg: s.update(one=segment_volume(predictor, c, prompts, slice_batch=1)))
         labels_b.append(seg["b"].labels)
         labels_1.append(seg["one"].labels)
-        for k in range(start, stop)[:max(0, min(up_per_chunk, args.upstream_slices - n_up))]:
+        for k in range(start, stop)[: max(0, min(up_per_chunk, args.upstream_slices - n_up))]:
             t_up += clock(lambda k=k: upstream(k))
             n_up += 1
-        print(f"  chunk {c + 1}/{n_chunks}: batched {t_b:.1f} s, 1 slice/pass {t_1:.1f} s, "
-              f"upstream {t_up:.1f} s on {n_up} slice(s)", flush=True)
+        print(
+            f"  chunk {c + 1}/{n_chunks}: batched {t_b:.1f} s, 1 slice/pass {t_1:.1f} s, "
+            f"upstream {t_up:.1f} s on {n_up} slice(s)",
+            flush=True,
+        )
     agree = float((np.concatenate(labels_b, -1) == np.concatenate(labels_1, -1)).mean())
     print(f"batched ({args.batch_size} slices/pass): {t_b:8.1f} s  {args.slices / t_b:7.3f} slices/s", flush=True)
     print(f"one slice per pass:        {t_1:8.1f} s  {args.slices / t_1:7.3f} slices/s", flush=True)
-    print(f"speed-up batched vs 1 slice: {t_1 / t_b:.2f}x   label agreement: {100 * agree:.4f}% of voxels",
-          flush=True)
+    print(f"speed-up batched vs 1 slice: {t_1 / t_b:.2f}x   label agreement: {100 * agree:.4f}% of voxels", flush=True)
     if n_up:
         per_slice = t_up / n_up
-        print(f"upstream (full forward per slice per prompt, {n_up} slices timed): {per_slice:.2f} s/slice  "
-              f"{1 / per_slice:7.3f} slices/s  (~{per_slice * args.slices:.0f} s for {args.slices} slices, "
-              f"no post-processing)", flush=True)
-        print(f"speed-up batched vs upstream: {per_slice * args.slices / t_b:.2f}x   "
-              f"1 slice/pass vs upstream: {per_slice * args.slices / t_1:.2f}x", flush=True)
+        print(
+            f"upstream (full forward per slice per prompt, {n_up} slices timed): {per_slice:.2f} s/slice  "
+            f"{1 / per_slice:7.3f} slices/s  (~{per_slice * args.slices:.0f} s for {args.slices} slices, "
+            f"no post-processing)",
+            flush=True,
+        )
+        print(
+            f"speed-up batched vs upstream: {per_slice * args.slices / t_b:.2f}x   "
+            f"1 slice/pass vs upstream: {per_slice * args.slices / t_1:.2f}x",
+            flush=True,
+        )
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

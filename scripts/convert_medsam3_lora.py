@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Convert MedSAM3 LoRA adapters between upstream's .pt and PEFT, or merge one into SAM3.
 
-  IN.pt   OUT_DIR            upstream best_lora_weights.pt -> PEFT adapter directory
-  IN_DIR  OUT.pt             PEFT adapter directory -> upstream .pt (q/k/v lora_A must be tied)
-  IN      OUT_DIR --merge    adapter (.pt, .safetensors, PEFT dir or hub id) merged into the base
-                             model of --config: a transformers checkpoint for Sam3Model.from_pretrained
+IN.pt   OUT_DIR            upstream best_lora_weights.pt -> PEFT adapter directory
+IN_DIR  OUT.pt             PEFT adapter directory -> upstream .pt (q/k/v lora_A must be tied)
+IN      OUT_DIR --merge    adapter (.pt, .safetensors, PEFT dir or hub id) merged into the base
+                           model of --config: a transformers checkpoint for Sam3Model.from_pretrained
 """
 
 import argparse
@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from medsam3.adapters import AdapterError
+from medsam3.adapters.peft_format import AdapterError
 from medsam3.cli import setup_logging
 from medsam3.config import ConfigError, load_config
 from medsam3.model import ModelLoadError
@@ -34,16 +34,17 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.set)
         src, dst = Path(args.src), Path(args.dst)
         if args.merge:
-            from medsam3.merge import merge_adapter
+            from medsam3.adapters.merge import merge_adapter
 
             out = merge_adapter(cfg, args.src, dst)
         elif src.suffix == ".pt":
-            from medsam3.upstream import convert_upstream_file
+            from medsam3.adapters.upstream import convert_upstream_file
 
-            out = convert_upstream_file(src, dst, alpha=cfg.lora.alpha, base_model=cfg.model.name,
-                                        concepts=args.concepts)
+            out = convert_upstream_file(
+                src, dst, alpha=cfg.lora.alpha, base_model=cfg.model.name, concepts=args.concepts
+            )
         elif src.is_dir() and dst.suffix == ".pt":
-            from medsam3.upstream import export_upstream_file
+            from medsam3.adapters.upstream import export_upstream_file
 
             out = export_upstream_file(src, dst)
         else:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Evaluate text-prompted segmentation on labelled sets. See `python scripts/evaluate.py --help`."""
+
 import sys
 
 from medsam3.cli.evaluate import main

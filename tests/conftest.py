@@ -33,7 +33,7 @@ def medsam3_v1_key_rows() -> list[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from medsam3.tiny import build_tiny_checkpoint
+    from medsam3.testing import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_sam3"))
 
@@ -60,6 +60,6 @@ def rgb_image() -> np.ndarray:
     rng = np.random.RandomState(0)
     img = (rng.rand(90, 130, 3) * 60 + 60).astype(np.uint8)
     yy, xx = np.mgrid[:90, :130]
-    img[(yy - 40) ** 2 + (xx - 40) ** 2 < 20 ** 2] = (230, 220, 210)
+    img[(yy - 40) ** 2 + (xx - 40) ** 2 < 20**2] = (230, 220, 210)
     img[50:80, 80:120] = (20, 30, 40)
     return img

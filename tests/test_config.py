@@ -8,8 +8,10 @@ def test_shipped_config_has_medsam3_v1_values():
     cfg = load_config(FULL_CONFIG)
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (16, 32.0, 0.1)
     assert tuple(cfg.lora.target_modules) == UPSTREAM_TARGET_MODULES
-    assert all(getattr(cfg.lora, f"apply_to_{c}") for c in
-               ("vision_encoder", "text_encoder", "geometry_encoder", "detr_encoder", "detr_decoder", "mask_decoder"))
+    assert all(
+        getattr(cfg.lora, f"apply_to_{c}")
+        for c in ("vision_encoder", "text_encoder", "geometry_encoder", "detr_encoder", "detr_decoder", "mask_decoder")
+    )
     # PyYAML reads "5e-5" as a string; upstream configs are written that way and must load as numbers.
     assert cfg.training.learning_rate == pytest.approx(5e-5)
     assert cfg.training.adam_epsilon == pytest.approx(1e-8)
@@ -70,8 +72,15 @@ def test_training_sections_added_for_the_trainer():
     assert cfg.augmentation.scale_range == [1.0, 1.0] and cfg.augmentation.hflip_prob == 0.0
     assert (cfg.loss.loss_ce, cfg.loss.loss_presence, cfg.loss.loss_mask, cfg.loss.loss_dice) == (20, 20, 200, 10)
     assert cfg.training.train_base_model is False and cfg.training.max_steps is None
-    cfg = load_config(FULL_CONFIG, ["augmentation.scale_range=[0.8, 1.2]", "loss.loss_presence=50",
-                                    "training.train_annotation_file=ann.json", "training.max_steps=10"])
+    cfg = load_config(
+        FULL_CONFIG,
+        [
+            "augmentation.scale_range=[0.8, 1.2]",
+            "loss.loss_presence=50",
+            "training.train_annotation_file=ann.json",
+            "training.max_steps=10",
+        ],
+    )
     assert cfg.augmentation.scale_range == [0.8, 1.2] and cfg.loss.loss_presence == 50.0
     with pytest.raises(ConfigError, match="augmentation.scale_range"):
         load_config(FULL_CONFIG, ["augmentation.scale_range=[1.2, 0.8]"])

@@ -1,4 +1,7 @@
-"""Command-line entry points; the root scripts (infer_sam.py, ...) call these."""
+"""Command-line entry points; the root scripts (infer_sam.py, ...) call these.
+
+The top layer: argument parsing and dispatch only, may import anything in medsam3; nothing imports it.
+"""
 
 import logging
 

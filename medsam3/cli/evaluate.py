@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..adapters import AdapterError
+from ..adapters.peft_format import AdapterError
 from ..config import ConfigError, load_config
 from ..model import ModelLoadError
 from . import setup_logging
@@ -28,52 +28,90 @@ config, weights or data set description."""
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="evaluate.py", description="Evaluate text-prompted segmentation on labelled 2D (COCO) and 3D "
-                                        "(NIfTI) sets: Dice, IoU, NSD, HD95 per concept and modality.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="evaluate.py",
+        description="Evaluate text-prompted segmentation on labelled 2D (COCO) and 3D "
+        "(NIfTI) sets: Dice, IoU, NSD, HD95 per concept and modality.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     m = p.add_argument_group("model")
     m.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults")
-    m.add_argument("--weights", help="adapter: path, hub id owner/repo[:file][@rev], or 'none' for plain SAM3; "
-                                     "default: model.lora_weights, else auto-detect in output.output_dir")
+    m.add_argument(
+        "--weights",
+        help="adapter: path, hub id owner/repo[:file][@rev], or 'none' for plain SAM3; "
+        "default: model.lora_weights, else auto-detect in output.output_dir",
+    )
     m.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
-    m.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)")
+    m.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)",
+    )
 
     d2 = p.add_argument_group("2D set (COCO)")
     d2.add_argument("--data-dir", help="Roboflow layout: DATA_DIR/SPLIT/_annotations.coco.json, images beside it")
     d2.add_argument("--split", default="test", help="split folder under --data-dir (default test)")
     d2.add_argument("--coco", metavar="ANN_JSON", help="plain COCO annotation file (instead of --data-dir)")
-    d2.add_argument("--image-root", help="folder the COCO file_name entries are relative to "
-                                         "(default: the annotation file's folder)")
-    d2.add_argument("--include-absent", action="store_true",
-                    help="also ask for categories/labels absent from an image or volume (empty ground truth: "
-                         "scores 1 if nothing is predicted, else 0); default: only present ones")
-    d2.add_argument("--coco-map", action="store_true",
-                    help="COCO instance metrics (segm AP, AP50) of the detections, 2D sets only")
+    d2.add_argument(
+        "--image-root", help="folder the COCO file_name entries are relative to (default: the annotation file's folder)"
+    )
+    d2.add_argument(
+        "--include-absent",
+        action="store_true",
+        help="also ask for categories/labels absent from an image or volume (empty ground truth: "
+        "scores 1 if nothing is predicted, else 0); default: only present ones",
+    )
+    d2.add_argument(
+        "--coco-map", action="store_true", help="COCO instance metrics (segm AP, AP50) of the detections, 2D sets only"
+    )
 
     d3 = p.add_argument_group("3D set (volumes + label maps)")
-    d3.add_argument("--volumes", metavar="PAIRS_CSV", help="CSV with columns image,label (optional case_id, "
-                                                           "modality); relative paths from the CSV's folder")
+    d3.add_argument(
+        "--volumes",
+        metavar="PAIRS_CSV",
+        help="CSV with columns image,label (optional case_id, modality); relative paths from the CSV's folder",
+    )
     d3.add_argument("--image-dir", help="folder of volumes (.nii/.nii.gz, DICOM series folders)")
     d3.add_argument("--label-dir", help="folder of label maps named like the volumes (nnU-Net _0000 suffix ok)")
-    d3.add_argument("--label-prompts", metavar="FILE", help='JSON/YAML mapping label value -> prompt, '
-                                                            'e.g. {"1": "liver", "2": "spleen"}')
-    d3.add_argument("--slice-batch", type=int,
-                    help="slices per batched vision pass (default: 8 on CUDA, 1 on CPU)")
+    d3.add_argument(
+        "--label-prompts",
+        metavar="FILE",
+        help='JSON/YAML mapping label value -> prompt, e.g. {"1": "liver", "2": "spleen"}',
+    )
+    d3.add_argument("--slice-batch", type=int, help="slices per batched vision pass (default: 8 on CUDA, 1 on CPU)")
     d3.add_argument("--axis", type=int, default=-1, help="voxel axis to slice along (default -1, axial)")
 
     e = p.add_argument_group("protocol and metrics")
-    e.add_argument("--protocol", nargs="+", default=["text"], choices=["text", "text+box"],
-                   help="text: prompt only; text+box: prompt + box of the ground truth's largest connected "
-                        "component (default text; give both for the paper's two columns)")
-    e.add_argument("--thresholds", "--threshold", nargs="+", type=float, default=[0.5], metavar="T",
-                   help="score threshold(s); several = a sweep from one model run per case (default 0.5)")
+    e.add_argument(
+        "--protocol",
+        nargs="+",
+        default=["text"],
+        choices=["text", "text+box"],
+        help="text: prompt only; text+box: prompt + box of the ground truth's largest connected "
+        "component (default text; give both for the paper's two columns)",
+    )
+    e.add_argument(
+        "--thresholds",
+        "--threshold",
+        nargs="+",
+        type=float,
+        default=[0.5],
+        metavar="T",
+        help="score threshold(s); several = a sweep from one model run per case (default 0.5)",
+    )
     e.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
     e.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2.0)")
-    e.add_argument("--window", help="intensity window for CT/MR inputs: auto (default), a preset (e.g. "
-                                     "soft_tissue, lung), 'level,width' or percentile")
-    e.add_argument("--modality", help="modality name for the report when the data does not say "
-                                      "(default: DICOM/NIfTI metadata, else 2D or 3D)")
+    e.add_argument(
+        "--window",
+        help="intensity window for CT/MR inputs: auto (default), a preset (e.g. "
+        "soft_tissue, lung), 'level,width' or percentile",
+    )
+    e.add_argument(
+        "--modality",
+        help="modality name for the report when the data does not say (default: DICOM/NIfTI metadata, else 2D or 3D)",
+    )
 
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default="evaluation", help="report folder (default ./evaluation)")
@@ -86,14 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _datasets(args: argparse.Namespace):
     """The COCO set and/or volume set the arguments describe; bad descriptions raise (exit 2)."""
     from ..data.layout import resolve_split
-    from ..evaluate import (EvaluationError, VolumeSet, load_coco_set, load_label_prompts, match_volume_dirs,
-                            read_volume_pairs)
+    from ..evaluation import (
+        EvaluationError,
+        VolumeSet,
+        load_coco_set,
+        load_label_prompts,
+        match_volume_dirs,
+        read_volume_pairs,
+    )
 
     coco = volumes = None
     if args.data_dir or args.coco:
         paths = resolve_split(args.data_dir, args.split, annotation_file=args.coco, image_root=args.image_root)
-        coco = load_coco_set(paths.annotation_file, paths.image_root, include_absent=args.include_absent,
-                             modality=args.modality)
+        coco = load_coco_set(
+            paths.annotation_file, paths.image_root, include_absent=args.include_absent, modality=args.modality
+        )
     elif args.image_root:
         raise EvaluationError("--image-root needs --coco (or --data-dir)")
     if args.volumes and (args.image_dir or args.label_dir):
@@ -102,29 +147,42 @@ def _datasets(args: argparse.Namespace):
         raise EvaluationError("--image-dir and --label-dir go together")
     if args.volumes or args.image_dir:
         if not args.label_prompts:
-            raise EvaluationError('3D evaluation needs --label-prompts FILE mapping label values to prompts, '
-                                  'e.g. {"1": "liver"}')
-        cases = (read_volume_pairs(args.volumes, args.modality) if args.volumes
-                 else match_volume_dirs(args.image_dir, args.label_dir, args.modality))
+            raise EvaluationError(
+                '3D evaluation needs --label-prompts FILE mapping label values to prompts, e.g. {"1": "liver"}'
+            )
+        cases = (
+            read_volume_pairs(args.volumes, args.modality)
+            if args.volumes
+            else match_volume_dirs(args.image_dir, args.label_dir, args.modality)
+        )
         volumes = VolumeSet(cases, load_label_prompts(args.label_prompts))
     elif args.label_prompts:
         raise EvaluationError("--label-prompts needs volumes (--volumes or --image-dir/--label-dir)")
     if coco is None and volumes is None:
-        raise EvaluationError("nothing to evaluate: give a 2D set (--data-dir or --coco) and/or volumes "
-                              "(--volumes, or --image-dir with --label-dir)")
+        raise EvaluationError(
+            "nothing to evaluate: give a 2D set (--data-dir or --coco) and/or volumes "
+            "(--volumes, or --image-dir with --label-dir)"
+        )
     if args.coco_map and coco is None:
         raise EvaluationError("--coco-map needs a COCO set (--data-dir or --coco)")
     return coco, volumes
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalOptions, Evaluator, best_thresholds, format_table, summarize_rows, write_report
-    from ..predictor import Predictor
+    from ..evaluation import EvalOptions, Evaluator, best_thresholds, format_table, summarize_rows, write_report
+    from ..inference.predictor import Predictor
 
-    options = EvalOptions(protocols=tuple(args.protocol), thresholds=tuple(args.thresholds),
-                          nms_iou=None if args.nms_iou >= 1.0 else args.nms_iou, nsd_tolerance=args.nsd_tolerance,
-                          include_absent=args.include_absent, slice_batch=args.slice_batch, axis=args.axis,
-                          window=args.window, coco_map=args.coco_map)
+    options = EvalOptions(
+        protocols=tuple(args.protocol),
+        thresholds=tuple(args.thresholds),
+        nms_iou=None if args.nms_iou >= 1.0 else args.nms_iou,
+        nsd_tolerance=args.nsd_tolerance,
+        include_absent=args.include_absent,
+        slice_batch=args.slice_batch,
+        axis=args.axis,
+        window=args.window,
+        coco_map=args.coco_map,
+    )
     cfg = load_config(args.config, args.set)
     coco, volumes = _datasets(args)  # fail on a bad data description before loading gigabytes of model
 
@@ -134,21 +192,33 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()
     report = Evaluator(predictor, options, out_dir).run(coco=coco, volumes=volumes)
-    meta = {"argv": list(args.argv if args.argv is not None else sys.argv[1:]),
-            "config": args.config, "model": cfg.model.name, "adapter": getattr(predictor, "adapter_origin", None),
-            "coco": str(coco.annotation_file) if coco else None,
-            "label_prompts": {str(k): v for k, v in volumes.label_prompts.items()} if volumes else None,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    meta = {
+        "argv": list(args.argv if args.argv is not None else sys.argv[1:]),
+        "config": args.config,
+        "model": cfg.model.name,
+        "adapter": getattr(predictor, "adapter_origin", None),
+        "coco": str(coco.annotation_file) if coco else None,
+        "label_prompts": {str(k): v for k, v in volumes.label_prompts.items()} if volumes else None,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     paths = write_report(report, out_dir, meta=meta, figure=args.figure)
-    logger.info("%d/%d case(s) evaluated in %.1f s; report -> %s", report.n_cases - len(report.failures),
-                report.n_cases, time.perf_counter() - t0, ", ".join(str(p) for p in paths.values()))
+    logger.info(
+        "%d/%d case(s) evaluated in %.1f s; report -> %s",
+        report.n_cases - len(report.failures),
+        report.n_cases,
+        time.perf_counter() - t0,
+        ", ".join(str(p) for p in paths.values()),
+    )
 
     lines = [format_table(summarize_rows(report.rows))] if report.rows else ["no results"]
     if len(options.thresholds) > 1:
         lines.append("\nbest threshold per concept (mean Dice):")
-        lines += [f"  {b['concept']} [{b['protocol']}]: {b['threshold']:g} (Dice {b['dice_mean']:.4f})"
-                  if b["threshold"] is not None else f"  {b['concept']} [{b['protocol']}]: -"
-                  for b in best_thresholds(report.rows)]
+        lines += [
+            f"  {b['concept']} [{b['protocol']}]: {b['threshold']:g} (Dice {b['dice_mean']:.4f})"
+            if b["threshold"] is not None
+            else f"  {b['concept']} [{b['protocol']}]: -"
+            for b in best_thresholds(report.rows)
+        ]
     if report.coco_map:
         lines.append("\nCOCO segm (detections above the lowest threshold):")
         for protocol, res in report.coco_map.items():
@@ -162,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..evaluate import EvaluationError
+    from ..evaluation import EvaluationError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """``infer_sam.py``: text-prompted segmentation of an image, a volume or a batch with SAM3 (+ LoRA).
 
-Argument parsing and dispatch only: volumes in :mod:`medsam3.volume_inference`, batches and the
-per-input output layout in :mod:`medsam3.batch`.
+Argument parsing and dispatch only: volumes in :mod:`medsam3.inference.volume`, batches and the
+per-input output layout in :mod:`medsam3.inference.batch`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..adapters import AdapterError
+from ..adapters.peft_format import AdapterError
 from ..config import ConfigError, load_config
 from ..model import ModelLoadError
 from . import setup_logging
@@ -34,56 +34,118 @@ or an unexpected failure."""
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="infer_sam.py", description="Segment what a text prompt names, with SAM3 + a LoRA adapter.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="infer_sam.py",
+        description="Segment what a text prompt names, with SAM3 + a LoRA adapter.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="input: a 2D image (PNG/JPEG/TIFF/BMP, DICOM) or a volume (NIfTI .nii/.nii.gz, "
-                                     "DICOM series folder, multi-frame DICOM)")
-    src.add_argument("--input-dir", metavar="DIR|GLOB|LIST",
-                     help="batch: every image/volume in a folder (DICOM series as sub-folders), a glob "
-                          "('scans/**/*.png'), or a text file with one path per line")
-    p.add_argument("--prompt", nargs="+", required=True, metavar="TEXT",
-                   help='one or more text prompts, e.g. "liver" "liver tumor"')
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="keep detections with sigmoid(logit) x sigmoid(presence) above this (default 0.5)")
+    src.add_argument(
+        "--image",
+        help="input: a 2D image (PNG/JPEG/TIFF/BMP, DICOM) or a volume (NIfTI .nii/.nii.gz, "
+        "DICOM series folder, multi-frame DICOM)",
+    )
+    src.add_argument(
+        "--input-dir",
+        metavar="DIR|GLOB|LIST",
+        help="batch: every image/volume in a folder (DICOM series as sub-folders), a glob "
+        "('scans/**/*.png'), or a text file with one path per line",
+    )
+    p.add_argument(
+        "--prompt",
+        nargs="+",
+        required=True,
+        metavar="TEXT",
+        help='one or more text prompts, e.g. "liver" "liver tumor"',
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="keep detections with sigmoid(logit) x sigmoid(presence) above this (default 0.5)",
+    )
     p.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
     p.add_argument("--output", help="2D image: overlay PNG to write (default output.png)")
-    p.add_argument("--weights", help="adapter: path (.pt/.safetensors/PEFT dir), hub id owner/repo[:file][@rev], "
-                                     "or 'none' for plain SAM3; default: model.lora_weights, else auto-detect "
-                                     "in output.output_dir")
+    p.add_argument(
+        "--weights",
+        help="adapter: path (.pt/.safetensors/PEFT dir), hub id owner/repo[:file][@rev], "
+        "or 'none' for plain SAM3; default: model.lora_weights, else auto-detect "
+        "in output.output_dir",
+    )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
-    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X1", "Y1", "X2", "Y2"),
-                   help="exemplar box in pixels, positive, shared by all prompts (repeatable)")
-    p.add_argument("--neg-box", nargs=4, type=float, action="append", metavar=("X1", "Y1", "X2", "Y2"),
-                   help="negative exemplar box: 'not this' (repeatable)")
+    p.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X1", "Y1", "X2", "Y2"),
+        help="exemplar box in pixels, positive, shared by all prompts (repeatable)",
+    )
+    p.add_argument(
+        "--neg-box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X1", "Y1", "X2", "Y2"),
+        help="negative exemplar box: 'not this' (repeatable)",
+    )
     p.add_argument("--json", help="2D image: write detections (score, box, COCO RLE mask) per prompt to this JSON")
     p.add_argument("--masks-dir", help="2D image: write one binary PNG mask per prompt into this directory")
-    p.add_argument("--output-dir", help="volumes and batches (and a 2D image, optionally): where outputs go; "
-                                        "default for a volume: <name>_medsam3/ beside it")
-    p.add_argument("--window", nargs="+", metavar="W",
-                   help="intensity: a CT preset (soft_tissue, lung, bone, brain, liver), LEVEL WIDTH (e.g. 40 400), "
-                        "percentile, dicom (the file's own window) or auto (default: chosen from the file and "
-                        "logged)")
+    p.add_argument(
+        "--output-dir",
+        help="volumes and batches (and a 2D image, optionally): where outputs go; "
+        "default for a volume: <name>_medsam3/ beside it",
+    )
+    p.add_argument(
+        "--window",
+        nargs="+",
+        metavar="W",
+        help="intensity: a CT preset (soft_tissue, lung, bone, brain, liver), LEVEL WIDTH (e.g. 40 400), "
+        "percentile, dicom (the file's own window) or auto (default: chosen from the file and "
+        "logged)",
+    )
     v = p.add_argument_group("volumes")
-    v.add_argument("--axis", default="auto", choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
-                   help="slice along this axis: auto = the volume's own slice axis (last voxel axis; axial for "
-                        "axial scans), a plane (from the affine) or a voxel axis (default auto)")
-    v.add_argument("--slice-batch", type=int, help="slices per vision-encoder pass (default: 8 on CUDA, 1 on CPU, "
-                                                   "where batching slices gains nothing)")
+    v.add_argument(
+        "--axis",
+        default="auto",
+        choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+        help="slice along this axis: auto = the volume's own slice axis (last voxel axis; axial for "
+        "axial scans), a plane (from the affine) or a voxel axis (default auto)",
+    )
+    v.add_argument(
+        "--slice-batch",
+        type=int,
+        help="slices per vision-encoder pass (default: 8 on CUDA, 1 on CPU, where batching slices gains nothing)",
+    )
     v.add_argument("--volume-index", type=int, help="which volume of a 4D NIfTI (0-based)")
-    v.add_argument("--binary-masks", action="store_true",
-                   help="also write one binary mask per prompt (masks/NN_prompt.nii.gz; PNG for 2D in a batch)")
-    v.add_argument("--largest-component", action="store_true",
-                   help="3D: keep only the largest connected component of each prompt's mask")
+    v.add_argument(
+        "--binary-masks",
+        action="store_true",
+        help="also write one binary mask per prompt (masks/NN_prompt.nii.gz; PNG for 2D in a batch)",
+    )
+    v.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="3D: keep only the largest connected component of each prompt's mask",
+    )
     v.add_argument("--fill-holes", action="store_true", help="3D: fill enclosed holes in each prompt's mask")
-    v.add_argument("--montage", type=int, default=6, metavar="N",
-                   help="PNG montage of N slices with overlays (default 6; 0: none)")
+    v.add_argument(
+        "--montage", type=int, default=6, metavar="N", help="PNG montage of N slices with overlays (default 6; 0: none)"
+    )
     b = p.add_argument_group("batches")
-    b.add_argument("--skip-existing", action="store_true",
-                   help="skip inputs whose outputs are already complete in --output-dir (resume a batch)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)")
+    b.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose outputs are already complete in --output-dir (resume a batch)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     return p
@@ -108,22 +170,33 @@ def _window(values: list[str] | None):
 
 
 def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet: bool):
-    from ..batch import InferenceOptions
+    from ..inference.batch import InferenceOptions
 
     if args.slice_batch is not None and args.slice_batch < 1:
         raise ValueError("--slice-batch must be >= 1")
     if args.montage < 0:
         raise ValueError("--montage must be >= 0")
     return InferenceOptions(
-        prompts=prompts, threshold=args.threshold, nms_iou=args.nms_iou, window=_window(args.window),
-        volume_index=args.volume_index, axis=args.axis, slice_batch=args.slice_batch, boxes=boxes or None,
-        box_labels=labels or None, binary_masks=args.binary_masks, largest_component=args.largest_component,
-        fill_holes=args.fill_holes, montage_slices=args.montage, progress=not quiet)
+        prompts=prompts,
+        threshold=args.threshold,
+        nms_iou=args.nms_iou,
+        window=_window(args.window),
+        volume_index=args.volume_index,
+        axis=args.axis,
+        slice_batch=args.slice_batch,
+        boxes=boxes or None,
+        box_labels=labels or None,
+        binary_masks=args.binary_masks,
+        largest_component=args.largest_component,
+        fill_holes=args.fill_holes,
+        montage_slices=args.montage,
+        progress=not quiet,
+    )
 
 
 def _load_predictor(cfg, args, opts):
     """The model, once per run; ``opts.adapter`` records where its adapter came from."""
-    from ..predictor import Predictor
+    from ..inference.predictor import Predictor
 
     t0 = time.perf_counter()
     predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device)
@@ -133,11 +206,11 @@ def _load_predictor(cfg, args, opts):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import discover_inputs, input_name, load_input, process_image, process_volume, run_batch
+    from ..inference.batch import discover_inputs, input_name, load_input, process_image, process_volume, run_batch
 
     prompts = [p.strip() for p in args.prompt]
     if any(not p for p in prompts):
-        raise ValueError("empty --prompt; give text such as --prompt \"liver\"")
+        raise ValueError('empty --prompt; give text such as --prompt "liver"')
     if not 0.0 <= args.threshold <= 1.0 or not 0.0 < args.nms_iou <= 1.0:
         raise ValueError("--threshold must be in [0, 1] and --nms-iou in (0, 1]")
     boxes = [*(args.box or []), *(args.neg_box or [])]
@@ -147,8 +220,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.input_dir:
         if args.output or args.json or args.masks_dir:
-            raise ValueError("--output, --json and --masks-dir are for one 2D image; a batch writes everything "
-                             "under --output-dir")
+            raise ValueError(
+                "--output, --json and --masks-dir are for one 2D image; a batch writes everything under --output-dir"
+            )
         if not args.output_dir:
             raise ValueError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
         inputs = discover_inputs(args.input_dir, exclude=args.output_dir)
@@ -165,8 +239,10 @@ def run(args: argparse.Namespace) -> int:
 
     if loaded.kind == "volume":
         if args.output or args.json or args.masks_dir:
-            raise ValueError("--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
-                             "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)")
+            raise ValueError(
+                "--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
+                "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)"
+            )
         out_dir = Path(args.output_dir) if args.output_dir else image_path.parent / f"{input_name(image_path)}_medsam3"
         predictor = _load_predictor(cfg, args, opts)
         process_volume(predictor, loaded, out_dir, opts)
@@ -177,10 +253,17 @@ def run(args: argparse.Namespace) -> int:
     predictor = _load_predictor(cfg, args, opts)
     t0 = time.perf_counter()
     predictor.set_image(image)
-    results = predictor.predict(prompts, boxes=boxes or None, box_labels=labels or None,
-                                threshold=args.threshold, nms_iou=args.nms_iou)
-    logger.info("segmented %s (%dx%d) for %d prompt(s) in %.2f s", image_path, image.shape[1], image.shape[0],
-                len(prompts), time.perf_counter() - t0)
+    results = predictor.predict(
+        prompts, boxes=boxes or None, box_labels=labels or None, threshold=args.threshold, nms_iou=args.nms_iou
+    )
+    logger.info(
+        "segmented %s (%dx%d) for %d prompt(s) in %.2f s",
+        image_path,
+        image.shape[1],
+        image.shape[0],
+        len(prompts),
+        time.perf_counter() - t0,
+    )
     for det in results:
         best = f" (best score {det.scores.max():.3f})" if len(det) else ""
         logger.info("  %r: %d detection(s)%s", det.prompt, len(det), best)
@@ -195,15 +278,23 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_single_image(results, image, image_path: Path, predictor, args) -> None:
     """One 2D image, today's outputs: --output overlay, --json detections, --masks-dir PNGs."""
-    from ..export import results_to_json, save_png, write_json, write_prompt_masks
-    from ..visualize import overlay_detections
+    from ..outputs import overlay_detections, results_to_json, save_png, write_json, write_prompt_masks
 
     output = args.output or "output.png"
     save_png(overlay_detections(image, results), output)
     logger.info("overlay -> %s", output)
     if args.json:
-        write_json(results_to_json(results, str(image_path), image.shape[:2], adapter=predictor.adapter_origin,
-                                   threshold=args.threshold, nms_iou=args.nms_iou), args.json)
+        write_json(
+            results_to_json(
+                results,
+                str(image_path),
+                image.shape[:2],
+                adapter=predictor.adapter_origin,
+                threshold=args.threshold,
+                nms_iou=args.nms_iou,
+            ),
+            args.json,
+        )
         logger.info("detections -> %s", args.json)
     if args.masks_dir:
         write_prompt_masks(results, args.masks_dir)
@@ -221,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        sys.stderr.write("infer_sam.py: interrupted; finished outputs are kept (a batch resumes with "
-                         "--skip-existing)\n")
+        sys.stderr.write(
+            "infer_sam.py: interrupted; finished outputs are kept (a batch resumes with --skip-existing)\n"
+        )
         return 130
     except (ConfigError, AdapterError, ModelLoadError, FileNotFoundError, ValueError) as exc:
         if args.verbose:

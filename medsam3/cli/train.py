@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from ..adapters import AdapterError
+from ..adapters.peft_format import AdapterError
 from ..config import ConfigError, load_config
 from ..model import ModelLoadError
 from . import setup_logging
@@ -33,16 +33,35 @@ exit codes: 0 ok, 2 bad input (config, data, checkpoint), 130 stopped by Ctrl-C/
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Fine-tune SAM3 with LoRA on COCO data (text prompts = "
-                                "category names).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Fine-tune SAM3 with LoRA on COCO data (text prompts = category names).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue a run: the newest checkpoint in output.output_dir, or the given checkpoint dir")
-    p.add_argument("--device", nargs="+", metavar="DEV",
-                   help="auto, cpu, cuda, cuda:N, or GPU indices: one index trains on that GPU, several "
-                        "(e.g. --device 0 1) launch torchrun with one process per GPU")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config key, e.g. --set training.learning_rate=1e-4 (repeatable)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue a run: the newest checkpoint in output.output_dir, or the given checkpoint dir",
+    )
+    p.add_argument(
+        "--device",
+        nargs="+",
+        metavar="DEV",
+        help="auto, cpu, cuda, cuda:N, or GPU indices: one index trains on that GPU, several "
+        "(e.g. --device 0 1) launch torchrun with one process per GPU",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, e.g. --set training.learning_rate=1e-4 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -76,8 +95,17 @@ def _launch_torchrun(argv: list[str], gpus: list[str]) -> int:
         rest.append(arg)
     script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else None
     target = [script] if script else ["-m", "medsam3.cli.train"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(gpus)}",
-           *target, *rest, "--device", "cuda"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={len(gpus)}",
+        *target,
+        *rest,
+        "--device",
+        "cuda",
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
     logger.info("launching: CUDA_VISIBLE_DEVICES=%s %s", env["CUDA_VISIBLE_DEVICES"], " ".join(cmd))
     return subprocess.call(cmd, env=env)

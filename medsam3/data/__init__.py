@@ -1,4 +1,7 @@
-"""COCO data for concept (text-prompted) segmentation: layouts, dataset, transforms, batching."""
+"""COCO data for concept (text-prompted) segmentation: layouts, dataset, transforms, batching.
+
+A leaf: imports nothing from medsam3 outside ``data`` (the training loop imports it, not the reverse).
+"""
 
 from .coco import CocoConceptDataset, ConceptQuery, ConceptSample, DatasetError
 from .collate import BatchQuery, ConceptBatch, collate

@@ -36,15 +36,11 @@ import copy
 import io
 import json
 import logging
-import math
-import os
-import re
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +50,19 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from .coco_records import (
+    Concept,
+    ConceptQuery,
+    ConceptSample,
+    DatasetError,
+    ImageRecord,
+    SkipLog,
+    concept_key,
+    escapes_root,
+    is_number,
+    polygon_area,
+    verify_image,
+)
 from .layout import resolve_split
 from .transforms import AugmentConfig, augment, load_rgb_image, normalize_image, resize_image
 
@@ -61,103 +70,9 @@ __all__ = ["CocoConceptDataset", "ConceptQuery", "ConceptSample", "DatasetError"
 
 logger = logging.getLogger(__name__)
 
-_MAX_WARNINGS_PER_KIND = 20
 _MAX_FALLBACK_TRIES = 10
 # Random streams derived from (seed, epoch, index, stream): changing one use never shifts another.
 _STREAM_NEGATIVES, _STREAM_SYNONYMS, _STREAM_AUGMENT = 0, 1, 2
-
-
-class DatasetError(ValueError):
-    """The annotation file is unusable, or nothing usable is left after skipping bad entries."""
-
-
-class ConceptQuery(TypedDict):
-    """One text query of a sample; ``boxes``/``masks`` are empty (N=0) for a negative."""
-
-    prompt: str
-    category_id: int
-    boxes: torch.Tensor  # (N, 4) float32, normalised cxcywh in [0, 1]
-    masks: torch.Tensor  # (N, m, m) bool at mask_resolution
-    mask_valid: torch.Tensor  # (N,) bool, False for box-only annotations
-    is_negative: bool
-
-
-class ConceptSample(TypedDict):
-    pixel_values: torch.Tensor  # (3, R, R) float32, normalised like Sam3ImageProcessor
-    image_id: int
-    file_name: str
-    original_size: tuple[int, int]  # (height, width) of the annotation frame
-    queries: list[ConceptQuery]
-
-
-@dataclass
-class _Concept:
-    key: str
-    prompt: str
-    category_id: int  # smallest category id carrying this prompt
-    synonyms: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _ImageRecord:
-    image_id: int
-    file_name: str
-    path: Path
-    height: int
-    width: int
-    instances: dict[str, list[int]]  # concept key -> usable annotation ids
-    present: set[str]  # concept keys with any annotation here (never negatives for this image)
-
-
-class _SkipLog:
-    """Warn per skipped item (capped per kind) and summarise at the end."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.counts: dict[str, int] = defaultdict(int)
-
-    def __call__(self, kind: str, message: str) -> None:
-        self.counts[kind] += 1
-        if self.counts[kind] <= _MAX_WARNINGS_PER_KIND:
-            logger.warning("%s: skipping %s", self.source, message)
-        elif self.counts[kind] == _MAX_WARNINGS_PER_KIND + 1:
-            logger.warning("%s: further skipped %s are not listed individually", self.source, kind)
-
-    def summary(self) -> str:
-        return ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
-
-
-def _concept_key(text: str) -> str:
-    return " ".join(text.split()).lower()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _polygon_area(coords: Sequence[float]) -> float:
-    xs, ys = np.asarray(coords[0::2], dtype=np.float64), np.asarray(coords[1::2], dtype=np.float64)
-    return 0.5 * abs(float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))))
-
-
-def _escapes_root(file_name: str) -> bool:
-    """Lexical check (symlinks inside the root are the user's business)."""
-    if os.path.isabs(file_name) or file_name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", file_name):
-        return True
-    parts = Path(os.path.normpath(file_name.replace("\\", "/"))).parts
-    return bool(parts) and parts[0] == ".."
-
-
-def _verify_image(path: Path) -> tuple[int, int]:
-    """Open, verify and (for JPEG, cheaply at reduced scale) decode; returns (height, width)."""
-    with Image.open(path) as img:
-        width, height = img.size
-        img.verify()
-    with Image.open(path) as img:
-        if img.format == "JPEG":
-            img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-        img.load()
-    return height, width
 
 
 class CocoConceptDataset(Dataset):
@@ -203,14 +118,14 @@ class CocoConceptDataset(Dataset):
         self.epoch = 0
 
         raw = self._read_json()
-        skip = _SkipLog(str(self.annotation_file))
+        skip = SkipLog(str(self.annotation_file))
         concepts, cat_to_key = self._parse_categories(raw, skip)
         images = self._parse_images(raw, skip, verify_images)
         annotations = self._parse_annotations(raw, skip, images, cat_to_key)
 
         used_keys = {key for rec in images.values() for key in rec.instances}
         # Concepts without any usable annotation (e.g. Roboflow's super-category) are dropped.
-        self.concepts: dict[str, _Concept] = {k: c for k, c in concepts.items() if k in used_keys}
+        self.concepts: dict[str, Concept] = {k: c for k, c in concepts.items() if k in used_keys}
         self._negative_pool: list[str] = sorted(self.concepts, key=lambda k: (self.concepts[k].category_id, k))
 
         records = sorted(images.values(), key=lambda r: r.image_id)
@@ -225,12 +140,10 @@ class CocoConceptDataset(Dataset):
             records = [r for r in records if r.instances]
         elif len(self._negative_pool) == 0:
             records = []
-        self._records: list[_ImageRecord] = records
+        self._records: list[ImageRecord] = records
 
         if skip.counts:
-            logger.warning(
-                "%s: skipped %s; %d images usable", self.annotation_file, skip.summary(), len(self._records)
-            )
+            logger.warning("%s: skipped %s; %d images usable", self.annotation_file, skip.summary(), len(self._records))
         if not self._records:
             raise DatasetError(
                 f"no usable images in {self.annotation_file} (image root {self.image_root})"
@@ -285,8 +198,8 @@ class CocoConceptDataset(Dataset):
             raise DatasetError(f"{self.annotation_file} lists no images")
         return raw
 
-    def _parse_categories(self, raw: dict[str, Any], skip: _SkipLog) -> tuple[dict[str, _Concept], dict[int, str]]:
-        concepts: dict[str, _Concept] = {}
+    def _parse_categories(self, raw: dict[str, Any], skip: SkipLog) -> tuple[dict[str, Concept], dict[int, str]]:
+        concepts: dict[str, Concept] = {}
         cat_to_key: dict[int, str] = {}
         for cat in raw.get("categories", []):
             cid = cat.get("id") if isinstance(cat, dict) else None
@@ -308,18 +221,18 @@ class CocoConceptDataset(Dataset):
                 logger.warning("%s: category id=%d: 'synonyms' is not a list; ignored", self.annotation_file, cid)
                 synonyms_raw = []
             synonyms = [" ".join(s.split()) for s in synonyms_raw if isinstance(s, str) and s.strip()]
-            key = _concept_key(prompt)
+            key = concept_key(prompt)
             cat_to_key[cid] = key
             if key in concepts:
                 concept = concepts[key]
                 concept.category_id = min(concept.category_id, cid)
                 concept.synonyms.extend(s for s in synonyms if s not in concept.synonyms)
             else:
-                concepts[key] = _Concept(key, prompt, cid, synonyms)
+                concepts[key] = Concept(key, prompt, cid, synonyms)
         return concepts, cat_to_key
 
-    def _parse_images(self, raw: dict[str, Any], skip: _SkipLog, verify: bool) -> dict[int, _ImageRecord]:
-        images: dict[int, _ImageRecord] = {}
+    def _parse_images(self, raw: dict[str, Any], skip: SkipLog, verify: bool) -> dict[int, ImageRecord]:
+        images: dict[int, ImageRecord] = {}
         seen: set[int] = set()
         for img in raw.get("images", []):
             iid = img.get("id") if isinstance(img, dict) else None
@@ -334,7 +247,7 @@ class CocoConceptDataset(Dataset):
             if not (isinstance(file_name, str) and file_name.strip()):
                 skip("images", f"image id={iid}: no 'file_name'")
                 continue
-            if _escapes_root(file_name):
+            if escapes_root(file_name):
                 skip("images", f"image id={iid} file_name={file_name!r}: path leaves the image root {self.image_root}")
                 continue
             path = self.image_root / file_name
@@ -342,28 +255,34 @@ class CocoConceptDataset(Dataset):
                 skip("images", f"image id={iid} file_name={file_name!r}: file not found at {path}")
                 continue
             height, width = img.get("height"), img.get("width")
-            if verify or not (_is_number(height) and _is_number(width)):
+            if verify or not (is_number(height) and is_number(width)):
                 try:
-                    actual_h, actual_w = _verify_image(path)
+                    actual_h, actual_w = verify_image(path)
                 except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                     skip("images", f"image id={iid} file_name={file_name!r}: cannot be read ({err})")
                     continue
-                if _is_number(height) and _is_number(width) and (int(height), int(width)) != (actual_h, actual_w):
+                if is_number(height) and is_number(width) and (int(height), int(width)) != (actual_h, actual_w):
                     logger.warning(
                         "%s: image id=%d %r is %dx%d on disk but %dx%d in the annotations; using the "
                         "annotation frame (targets are normalised, so the image is just resized)",
-                        self.annotation_file, iid, file_name, actual_w, actual_h, int(width), int(height),
+                        self.annotation_file,
+                        iid,
+                        file_name,
+                        actual_w,
+                        actual_h,
+                        int(width),
+                        int(height),
                     )
-                if not (_is_number(height) and _is_number(width) and height > 0 and width > 0):
+                if not (is_number(height) and is_number(width) and height > 0 and width > 0):
                     height, width = actual_h, actual_w
-            images[iid] = _ImageRecord(iid, file_name, path, int(height), int(width), defaultdict(list), set())
+            images[iid] = ImageRecord(iid, file_name, path, int(height), int(width), defaultdict(list), set())
         return images
 
     def _parse_annotations(
         self,
         raw: dict[str, Any],
-        skip: _SkipLog,
-        images: dict[int, _ImageRecord],
+        skip: SkipLog,
+        images: dict[int, ImageRecord],
         cat_to_key: dict[int, str],
     ) -> list[dict[str, Any]]:
         known_image_ids = {img.get("id") for img in raw.get("images", []) if isinstance(img, dict)}
@@ -405,7 +324,7 @@ class CocoConceptDataset(Dataset):
             rec.instances[key].append(aid)
         return cleaned
 
-    def _clean_annotation(self, ann: dict[str, Any], rec: _ImageRecord) -> dict[str, Any] | str:
+    def _clean_annotation(self, ann: dict[str, Any], rec: ImageRecord) -> dict[str, Any] | str:
         """Validated copy of ``ann`` (segmentation, bbox xywh, mask_valid) or the reason it is unusable."""
         h, w = rec.height, rec.width
         segm = ann.get("segmentation")
@@ -416,11 +335,11 @@ class CocoConceptDataset(Dataset):
         elif isinstance(segm, list):
             polygons = []
             for poly in segm:
-                if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                if not isinstance(poly, list) or not all(is_number(v) for v in poly):
                     return "polygon with non-numeric coordinates"
                 if len(poly) < 6 or len(poly) % 2:
                     continue
-                if _polygon_area(poly) <= 0.0:
+                if polygon_area(poly) <= 0.0:
                     continue
                 polygons.append([float(v) for v in poly])
             if not polygons:
@@ -428,7 +347,10 @@ class CocoConceptDataset(Dataset):
             if len(polygons) < len(segm):
                 logger.warning(
                     "%s: annotation id=%s: dropped %d degenerate polygon part(s) of %d",
-                    self.annotation_file, ann.get("id"), len(segm) - len(polygons), len(segm),
+                    self.annotation_file,
+                    ann.get("id"),
+                    len(segm) - len(polygons),
+                    len(segm),
                 )
             segm = polygons
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
@@ -436,7 +358,7 @@ class CocoConceptDataset(Dataset):
             size, counts = segm.get("size"), segm.get("counts")
             if not (isinstance(size, list) and len(size) == 2) or counts is None:
                 return "RLE without 'size' and 'counts'"
-            if not all(_is_number(v) for v in size) or [int(size[0]), int(size[1])] != [h, w]:
+            if not all(is_number(v) for v in size) or [int(size[0]), int(size[1])] != [h, w]:
                 return f"RLE size {size} does not match the image size {[h, w]}"
             try:
                 rle = mask_utils.frPyObjects(segm, h, w) if isinstance(counts, list) else segm
@@ -451,7 +373,7 @@ class CocoConceptDataset(Dataset):
 
         bbox = ann.get("bbox")
         box = None
-        if isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
+        if isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox):
             x0, y0 = max(0.0, float(bbox[0])), max(0.0, float(bbox[1]))
             x1, y1 = min(float(w), float(bbox[0]) + float(bbox[2])), min(float(h), float(bbox[1]) + float(bbox[3]))
             if x1 > x0 and y1 > y0:
@@ -515,14 +437,14 @@ class CocoConceptDataset(Dataset):
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, stream])
 
-    def _prompt(self, concept: _Concept, rng: np.random.Generator) -> str:
+    def _prompt(self, concept: Concept, rng: np.random.Generator) -> str:
         if self.use_synonyms and concept.synonyms:
             options = [concept.prompt, *concept.synonyms]
             return options[int(rng.integers(len(options)))]
         return concept.prompt
 
     def _instance_targets(
-        self, rec: _ImageRecord, ann_ids: list[int]
+        self, rec: ImageRecord, ann_ids: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised cxcywh boxes, bool masks at mask_resolution and mask validity of ``ann_ids``."""
         m = self.mask_resolution
@@ -561,7 +483,7 @@ class CocoConceptDataset(Dataset):
             return self._build(candidate, rec, image)
         raise DatasetError(f"{_MAX_FALLBACK_TRIES} consecutive images from index {index} could not be decoded")
 
-    def _build(self, index: int, rec: _ImageRecord, image: Image.Image) -> ConceptSample:
+    def _build(self, index: int, rec: ImageRecord, image: Image.Image) -> ConceptSample:
         pixels = resize_image(image, self.resolution)
         syn_rng = self._rng(index, _STREAM_SYNONYMS)
 

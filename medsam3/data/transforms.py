@@ -62,9 +62,7 @@ def load_rgb_image(path: str | Path) -> Image.Image:
 def resize_image(image: Image.Image, resolution: int) -> torch.Tensor:
     """RGB PIL image -> uint8 tensor (3, resolution, resolution), resized like the SAM3 processor."""
     tensor = tvF.pil_to_tensor(image)
-    return tvF.resize(
-        tensor, [resolution, resolution], interpolation=tvF.InterpolationMode.BILINEAR, antialias=True
-    )
+    return tvF.resize(tensor, [resolution, resolution], interpolation=tvF.InterpolationMode.BILINEAR, antialias=True)
 
 
 def normalize_image(image: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,9 @@ Intensities: see :mod:`medsam3.io.windows` (CT window presets, percentile
 scaling, automatic choice). Axis conventions: see :mod:`medsam3.io.volume`.
 Errors: every reader raises :class:`ImageReadError` (a ``ValueError``) whose
 message names the path, the problem and the fix.
+
+A leaf: imports nothing from medsam3 outside ``io``. Inside it, dependencies point one way:
+``api`` -> readers (``dicom``, ``nifti``, ``images``) -> ``volume`` -> ``windows``, ``errors``.
 """
 
 from .api import Image2D, is_volume_path, load_image2d, load_volume, read_rgb

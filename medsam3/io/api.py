@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .dicom import dicom_frame_count, read_dicom_image, read_dicom_multiframe, read_dicom_series
+from .dicom import read_dicom_image
+from .dicom_volume import dicom_frame_count, read_dicom_multiframe, read_dicom_series
 from .errors import ImageReadError
 from .formats import RASTER_FORMATS, check_exists, detect_format
 from .images import AlphaMode, read_raster

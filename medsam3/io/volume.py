@@ -265,9 +265,3 @@ class Volume:
             index[geo.axis] = k
             out[tuple(index)] = lab
         return out
-
-    def to_nifti(self):
-        """The intensities as a ``nibabel.Nifti1Image`` with this volume's affine."""
-        from .nifti import volume_to_nifti
-
-        return volume_to_nifti(self)

@@ -33,8 +33,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = [
-    "CHECKPOINT_PREFIX", "TRAINER_STATE", "atomic_dir", "checkpoint_step", "latest_checkpoint",
-    "list_checkpoints", "load_trainable", "load_trainer_state", "prune_checkpoints", "resolve_resume",
+    "CHECKPOINT_PREFIX",
+    "TRAINER_STATE",
+    "atomic_dir",
+    "checkpoint_step",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_trainable",
+    "load_trainer_state",
+    "prune_checkpoints",
+    "resolve_resume",
     "save_trainable",
 ]
 
@@ -77,8 +85,11 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None
-             and (p / TRAINER_STATE).is_file()]
+    found = [
+        p
+        for p in output_dir.iterdir()
+        if p.is_dir() and checkpoint_step(p) is not None and (p / TRAINER_STATE).is_file()
+    ]
     return sorted(found, key=lambda p: checkpoint_step(p))
 
 
@@ -132,7 +143,9 @@ def load_trainable(model: torch.nn.Module, directory: Path) -> None:
     with torch.no_grad():
         for name, param in params.items():
             if tensors[name].shape != param.shape:
-                raise ValueError(f"{directory}: {name} has shape {tuple(tensors[name].shape)}, model {tuple(param.shape)}")
+                raise ValueError(
+                    f"{directory}: {name} has shape {tuple(tensors[name].shape)}, model {tuple(param.shape)}"
+                )
             param.copy_(tensors[name].to(param.device, param.dtype))
 
 

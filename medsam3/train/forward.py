@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..inference.predictor import padding_geometry, select_vision, tokenize_prompts
 from ..model import unwrap
-from ..predictor import padding_geometry, select_vision, tokenize_prompts
 from .loss import DecoderLayerCapture
 
 __all__ = ["TrainForward", "batch_inputs"]

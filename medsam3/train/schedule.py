@@ -22,16 +22,21 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], tcfg: TrainingConfig) 
     if not params:
         raise ValueError("no trainable parameters: LoRA matched nothing and train_base_model is off")
     return torch.optim.AdamW(
-        params, lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay,
-        betas=(tcfg.adam_beta1, tcfg.adam_beta2), eps=tcfg.adam_epsilon,
+        params,
+        lr=tcfg.learning_rate,
+        weight_decay=tcfg.weight_decay,
+        betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+        eps=tcfg.adam_epsilon,
     )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainingConfig, total_steps: int):
     """``lr_scheduler`` (cosine | linear | constant) after ``warmup_steps`` of linear warmup."""
     return get_scheduler(
-        _SCHEDULERS[tcfg.lr_scheduler], optimizer,
-        num_warmup_steps=tcfg.warmup_steps, num_training_steps=max(1, total_steps),
+        _SCHEDULERS[tcfg.lr_scheduler],
+        optimizer,
+        num_warmup_steps=tcfg.warmup_steps,
+        num_training_steps=max(1, total_steps),
     )
 
 

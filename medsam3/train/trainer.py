@@ -15,36 +15,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import logging
 import math
-import random
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from ..adapters import save_adapter
+from ..adapters.peft_format import save_adapter
 from ..config import Config
-from ..export import atomic_path, write_json
 from ..data import (
     AugmentConfig,
     CocoConceptDataset,
     DatasetError,
     collate,
-    resolve_split,
 )
 from ..model import add_lora, load_base_model
+from ..outputs import atomic_path, write_json
 from .checkpoint import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
@@ -55,10 +48,12 @@ from .checkpoint import (
     resolve_resume,
     save_trainable,
 )
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import all_reduce_sum, barrier, init_distributed
 from .forward import TrainForward, batch_inputs
 from .loss import LossWeights, Sam3Loss
+from .runtime import SkipSampler, StopRequest, rng_state, seed_everything, set_rng_state
 from .schedule import build_optimizer, build_scheduler, total_optimizer_steps
+from .setup import enable_gradient_checkpointing, report_config, split_paths
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
 
@@ -81,146 +76,6 @@ class TrainResult:
     last_eval: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
     """Stopped early by Ctrl-C / SIGTERM; the last checkpoint holds the step reached."""
-
-
-class _StopRequest:
-    """First Ctrl-C (or SIGTERM): finish the current optimizer step, save a checkpoint, stop.
-
-    A second Ctrl-C interrupts at once (KeyboardInterrupt), losing only the steps since the last
-    checkpoint. Under torchrun every rank gets the signal; ranks agree on stopping through an
-    all-reduce, so they stop after the same step.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("stop requested: finishing this step and saving a checkpoint (Ctrl-C again to abort now)")
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def agreed(self, device: torch.device) -> bool:
-        """True when any rank was asked to stop."""
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        return bool(all_reduce_sum(flag).item() > 0)
-
-
-class _SkipSampler(Sampler):
-    """The sampler's order for this epoch, without its first ``skip`` indices (resume mid-epoch)."""
-
-    def __init__(self, base: DistributedSampler, skip: int) -> None:
-        self.base, self.skip = base, skip
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.base), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np_s = state["numpy"]
-    np.random.set_state(("MT19937", np_s["key"].numpy().astype(np.uint32), np_s["pos"], np_s["has_gauss"],
-                         np_s["cached_gaussian"]))
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> int:
-    """Checkpoint every transformers ``GradientCheckpointingLayer`` (ViT and text layers); returns the count.
-
-    ``Sam3Model`` does not declare ``supports_gradient_checkpointing``, so ``gradient_checkpointing_enable``
-    refuses; its ViT layers are checkpointable layers all the same, and the ViT holds most activations.
-    """
-    from functools import partial
-
-    from torch.utils.checkpoint import checkpoint
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    count = 0
-    for module in model.modules():
-        if isinstance(module, GradientCheckpointingLayer):
-            module.gradient_checkpointing = True
-            module._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
-            count += 1
-    return count
-
-
-def _split_paths(cfg: Config, split: str):
-    t = cfg.training
-    path, ann = (t.train_data_path, t.train_annotation_file) if split == "train" else (
-        t.val_data_path, t.val_annotation_file)
-    if t.data_dir:
-        return resolve_split(t.data_dir, split)
-    if ann:
-        return resolve_split(None, split, annotation_file=ann, image_root=path)
-    if path:
-        return resolve_split(path, split)
-    return None
-
-
-def report_config(cfg: Config, device: torch.device, dist_info: DistInfo) -> list[str]:
-    """Log every key that is set but cannot take effect here; returns the messages (for tests)."""
-    t, notes = cfg.training, []
-    if t.mixed_precision != "no" and device.type != "cuda":
-        notes.append(f"training.mixed_precision={t.mixed_precision!r} has no effect on {device.type}: autocast "
-                     f"applies on CUDA only, training runs in fp32")
-    if device.type == "cuda" and t.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
-        notes.append("training.mixed_precision='bf16' is not supported by this GPU; use 'fp16' or 'no'")
-    if cfg.hardware.dataloader_pin_memory and device.type != "cuda":
-        notes.append("hardware.dataloader_pin_memory=true has no effect without CUDA")
-    if cfg.hardware.use_compile:
-        notes.append("hardware.use_compile=true is not applied to training (the decoder-layer hooks and "
-                     "variable prompt counts defeat torch.compile); training runs eagerly")
-    if cfg.output.push_to_hub:
-        notes.append("output.push_to_hub=true is not done by the trainer; upload best_lora_weights/ with "
-                     "`hf upload <repo> <output_dir>/best_lora_weights`")
-    if cfg.output.save_lora_only and t.train_base_model:
-        notes.append("output.save_lora_only=true with training.train_base_model=true: the base weights change "
-                     "too, so full models (best_model/, last_model/) are saved as well")
-    if cfg.model.lora_weights not in (None, "none"):
-        notes.append(f"model.lora_weights={cfg.model.lora_weights!r} is an inference key: training starts from "
-                     f"fresh LoRA (use --resume to continue a run)")
-    if cfg.hardware.precision != "auto":
-        notes.append(f"hardware.precision={cfg.hardware.precision!r} applies to validation's Predictor only; "
-                     f"training precision is training.mixed_precision")
-    for note in notes:
-        if dist_info.is_main:
-            logger.warning("note: %s", note)
-    return notes
 
 
 class Trainer:
@@ -266,26 +121,40 @@ class Trainer:
         self.forward = TrainForward(self.model)
         if self.dist.enabled:
             self.ddp = DistributedDataParallel(
-                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                self.forward,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         else:
             self.ddp = self.forward
 
         # -- data
         mask_resolution = (self.resolution // 14) * 4  # SAM3's mask output size (288 at 1008 px)
         aug = cfg.augmentation
-        augment = AugmentConfig(hflip_prob=aug.hflip_prob, vflip_prob=aug.vflip_prob,
-                                scale_range=tuple(aug.scale_range), brightness=aug.brightness, contrast=aug.contrast)
-        train_paths = _split_paths(cfg, "train")
+        augment = AugmentConfig(
+            hflip_prob=aug.hflip_prob,
+            vflip_prob=aug.vflip_prob,
+            scale_range=tuple(aug.scale_range),
+            brightness=aug.brightness,
+            contrast=aug.contrast,
+        )
+        train_paths = split_paths(cfg, "train")
         if train_paths is None:
-            raise TrainingError("no training data: set training.data_dir, training.train_data_path or "
-                                "training.train_annotation_file")
+            raise TrainingError(
+                "no training data: set training.data_dir, training.train_data_path or training.train_annotation_file"
+            )
         common = dict(resolution=self.resolution, num_negatives=t.num_negatives, mask_resolution=mask_resolution)
-        self.train_set = CocoConceptDataset(train_paths.annotation_file, train_paths.image_root, augment=augment,
-                                            seed=t.seed, use_synonyms=True, **common)
+        self.train_set = CocoConceptDataset(
+            train_paths.annotation_file,
+            train_paths.image_root,
+            augment=augment,
+            seed=t.seed,
+            use_synonyms=True,
+            **common,
+        )
         self.val_set = None
         try:
-            val_paths = _split_paths(cfg, "valid")
+            val_paths = split_paths(cfg, "valid")
         except FileNotFoundError as exc:
             val_paths = None
             if self.is_main:
@@ -293,11 +162,21 @@ class Trainer:
         if val_paths is not None:
             self.val_set = CocoConceptDataset(val_paths.annotation_file, val_paths.image_root, seed=t.seed, **common)
         if self.is_main:
-            logger.info("train: %d images, %d concepts (%s); valid: %s", len(self.train_set),
-                        len(self.train_set.prompts), ", ".join(self.train_set.prompts[:10]),
-                        f"{len(self.val_set)} images" if self.val_set else "none")
-        self.sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                          shuffle=True, seed=t.seed, drop_last=False)
+            logger.info(
+                "train: %d images, %d concepts (%s); valid: %s",
+                len(self.train_set),
+                len(self.train_set.prompts),
+                ", ".join(self.train_set.prompts[:10]),
+                f"{len(self.val_set)} images" if self.val_set else "none",
+            )
+        self.sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=t.seed,
+            drop_last=False,
+        )
         self.batches_per_epoch = math.ceil(len(self.sampler) / t.batch_size)
         self.total_steps = total_optimizer_steps(t, self.batches_per_epoch)
 
@@ -329,8 +208,11 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         return DataLoader(
-            self.train_set, batch_size=t.batch_size, sampler=_SkipSampler(self.sampler, skip * t.batch_size),
-            num_workers=t.num_workers, collate_fn=collate,
+            self.train_set,
+            batch_size=t.batch_size,
+            sampler=SkipSampler(self.sampler, skip * t.batch_size),
+            num_workers=t.num_workers,
+            collate_fn=collate,
             pin_memory=self.cfg.hardware.dataloader_pin_memory and self.device.type == "cuda",
             # Own generator: iterating the loader must not consume the global RNG (LoRA dropout uses it),
             # or a resumed run would drift from an uninterrupted one.
@@ -358,9 +240,14 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _trainer_state(self) -> dict[str, Any]:
         return {
-            "global_step": self.global_step, "epoch": self.epoch, "batches_done": self.batches_done,
-            "best_metric": self.best_metric, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "best_metric": self.best_metric,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
             "world_size": self.dist.world_size,
         }
 
@@ -370,27 +257,44 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.global_step, self.epoch, self.batches_done = state["global_step"], state["epoch"], state["batches_done"]
         self.best_metric = state["best_metric"]
         if state.get("world_size", 1) != self.dist.world_size and self.is_main:
-            logger.warning("resuming a %d-process run with %d processes: the data order changes",
-                           state.get("world_size", 1), self.dist.world_size)
+            logger.warning(
+                "resuming a %d-process run with %d processes: the data order changes",
+                state.get("world_size", 1),
+                self.dist.world_size,
+            )
         log = self.output_dir / LOG_FILE
         if self.is_main and log.is_file():
             # Lines written after this checkpoint by the interrupted run are replayed now: drop them.
-            kept = [line for line in log.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.global_step]
+            kept = [
+                line
+                for line in log.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.global_step
+            ]
             with atomic_path(log) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         if self.is_main:
-            logger.info("resumed from %s at step %d (epoch %d, batch %d)", directory, self.global_step, self.epoch,
-                        self.batches_done)
+            logger.info(
+                "resumed from %s at step %d (epoch %d, batch %d)",
+                directory,
+                self.global_step,
+                self.epoch,
+                self.batches_done,
+            )
 
     def _metadata(self) -> dict[str, Any]:
-        return {"source": "medsam3 training", "step": self.global_step, "base_model": self.cfg.model.name,
-                "rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha, "concepts": self.train_set.prompts,
-                "resolution": self.resolution}
+        return {
+            "source": "medsam3 training",
+            "step": self.global_step,
+            "base_model": self.cfg.model.name,
+            "rank": self.cfg.lora.rank,
+            "alpha": self.cfg.lora.alpha,
+            "concepts": self.train_set.prompts,
+            "resolution": self.resolution,
+        }
 
     def _full_models(self) -> bool:
         return (not self.cfg.output.save_lora_only) or self.cfg.training.train_base_model
@@ -405,8 +309,11 @@ class Trainer:
                 merged = copy.deepcopy(self.model).merge_and_unload()
                 merged.save_pretrained(str(tmp))
                 self.processor.save_pretrained(str(tmp))
-            logger.info("full model -> %s (load it with model.name=%s and --weights none)",
-                        self.output_dir / model_name, self.output_dir / model_name)
+            logger.info(
+                "full model -> %s (load it with model.name=%s and --weights none)",
+                self.output_dir / model_name,
+                self.output_dir / model_name,
+            )
 
     def save_checkpoint(self) -> Path | None:
         path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
@@ -416,8 +323,10 @@ class Trainer:
                 save_trainable(self.model, tmp)
                 state = self._trainer_state()
                 torch.save(state, tmp / TRAINER_STATE)
-                write_json({k: state[k] for k in ("global_step", "epoch", "batches_done", "best_metric", "world_size")},
-                           tmp / "trainer_state.json")
+                write_json(
+                    {k: state[k] for k in ("global_step", "epoch", "batches_done", "best_metric", "world_size")},
+                    tmp / "trainer_state.json",
+                )
             prune_checkpoints(self.output_dir, self.cfg.training.save_total_limit)
             logger.info("checkpoint -> %s", path)
         barrier()
@@ -425,7 +334,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        from ..predictor import Predictor
+        from ..inference.predictor import Predictor
         from .validate import evaluate_loss, evaluate_metrics
 
         if self.val_set is None:
@@ -433,38 +342,64 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.eval()
         try:
-            val_loss = evaluate_loss(self.forward, self.criterion, self.val_set, self.processor, self.device,
-                                     self.dist, self.cfg.training.batch_size, self.autocast)
-            record: dict[str, Any] = {"type": "eval", "step": self.global_step, "epoch": self.epoch,
-                                      "val_loss": val_loss}
+            val_loss = evaluate_loss(
+                self.forward,
+                self.criterion,
+                self.val_set,
+                self.processor,
+                self.device,
+                self.dist,
+                self.cfg.training.batch_size,
+                self.autocast,
+            )
+            record: dict[str, Any] = {
+                "type": "eval",
+                "step": self.global_step,
+                "epoch": self.epoch,
+                "val_loss": val_loss,
+            }
             if self.cfg.evaluation.compute_metrics_during_training or self.cfg.evaluation.metric != "loss":
-                predictor = Predictor(self.model, self.processor, device=self.device,
-                                      precision=self.cfg.hardware.precision)
+                predictor = Predictor(
+                    self.model, self.processor, device=self.device, precision=self.cfg.hardware.precision
+                )
                 pred_file = None
                 if self.cfg.evaluation.save_predictions:
                     pred_file = self.output_dir / f"predictions_step{self.global_step}.json"
                     if self.is_main:
                         self.output_dir.mkdir(parents=True, exist_ok=True)
-                record.update(evaluate_metrics(predictor, self.val_set, self.device, self.dist,
-                                               predictions_file=pred_file))
+                record.update(
+                    evaluate_metrics(predictor, self.val_set, self.device, self.dist, predictions_file=pred_file)
+                )
         finally:
             self.model.train()
         record["seconds"] = round(time.perf_counter() - t0, 3)
         metric_key = {"loss": "val_loss"}.get(self.cfg.evaluation.metric, self.cfg.evaluation.metric)
         value = record.get(metric_key)
-        if value is not None and not math.isnan(value) and (
-                self.best_metric is None or self._better(value, self.best_metric)):
+        if (
+            value is not None
+            and not math.isnan(value)
+            and (self.best_metric is None or self._better(value, self.best_metric))
+        ):
             self.best_metric = value
             record["best"] = True
             if self.is_main:
                 self._save_named(BEST_ADAPTER)
-                logger.info("new best %s=%.4f at step %d -> %s", self.cfg.evaluation.metric, value,
-                            self.global_step, self.output_dir / BEST_ADAPTER)
+                logger.info(
+                    "new best %s=%.4f at step %d -> %s",
+                    self.cfg.evaluation.metric,
+                    value,
+                    self.global_step,
+                    self.output_dir / BEST_ADAPTER,
+                )
         self._log(record)
         self.last_eval = record
         if self.is_main:
-            logger.info("eval step %d: val_loss %.4f%s", self.global_step, val_loss,
-                        f", dice {record['dice']:.4f}, iou {record['iou']:.4f}" if "dice" in record else "")
+            logger.info(
+                "eval step %d: val_loss %.4f%s",
+                self.global_step,
+                val_loss,
+                f", dice {record['dice']:.4f}, iou {record['iou']:.4f}" if "dice" in record else "",
+            )
         barrier()
         return record
 
@@ -490,8 +425,11 @@ class Trainer:
         # SAM3 normalises by the number of target instances; over an accumulation window and across ranks
         # the per-micro-batch normaliser is the global count / (micro-batches x ranks), so that the summed,
         # rank-averaged gradient equals that of one big batch.
-        counts = torch.tensor([float(sum(q["boxes"].shape[0] for b in window for q in b["queries"])),
-                               float(len(window))], dtype=torch.float64, device=self.device)
+        counts = torch.tensor(
+            [float(sum(q["boxes"].shape[0] for b in window for q in b["queries"])), float(len(window))],
+            dtype=torch.float64,
+            device=self.device,
+        )
         all_reduce_sum(counts)
         num_boxes = max(1.0, float(counts[0] / counts[1]))
         sums: dict[str, float] = {}
@@ -521,7 +459,8 @@ class Trainer:
         if self.global_step % t.logging_steps == t.logging_steps - 1:
             # Measured after clipping (not assumed): what the optimizer actually receives.
             sums["grad_norm_after_clip"] = (
-                float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0)
+                float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+            )
         sums["lr"] = self.scheduler.get_last_lr()[0]
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -566,9 +505,17 @@ class Trainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.cfg.to_dict(), self.output_dir / "config.json")
-            logger.info("training %d optimizer steps (%d micro-batches/epoch/rank, batch %d, accumulation %d, "
-                        "%d process(es)) on %s -> %s", self.total_steps, self.batches_per_epoch, t.batch_size,
-                        t.gradient_accumulation_steps, self.dist.world_size, self.device, self.output_dir)
+            logger.info(
+                "training %d optimizer steps (%d micro-batches/epoch/rank, batch %d, accumulation %d, "
+                "%d process(es)) on %s -> %s",
+                self.total_steps,
+                self.batches_per_epoch,
+                t.batch_size,
+                t.gradient_accumulation_steps,
+                self.dist.world_size,
+                self.device,
+                self.output_dir,
+            )
         progress = None
         if self.is_main and self.show_progress:
             from tqdm.auto import tqdm
@@ -580,7 +527,7 @@ class Trainer:
         t_log = time.perf_counter()
         windows = self._windows()
         interrupted = False
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             while self.global_step < self.total_steps:
                 if stop.agreed(self.device):
                     interrupted = True
@@ -607,8 +554,12 @@ class Trainer:
             if last_saved != self.global_step:
                 self.save_checkpoint()
             if self.is_main:
-                logger.warning("stopped at step %d of %d; checkpoint %s; continue with --resume", self.global_step,
-                               self.total_steps, self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}")
+                logger.warning(
+                    "stopped at step %d of %d; checkpoint %s; continue with --resume",
+                    self.global_step,
+                    self.total_steps,
+                    self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}",
+                )
                 if self._tb:
                     self._tb.close()
             barrier()

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 from ..data import CocoConceptDataset, collate, load_rgb_image
-from ..export import write_json
-from ..metrics import dice, iou
-from ..predictor import Predictor
+from ..evaluation.metrics import dice, iou
+from ..inference.predictor import Predictor
+from ..outputs import write_json
 from .distributed import DistInfo, all_reduce_sum
 from .forward import batch_inputs
 from .loss import Sam3Loss
@@ -32,14 +32,22 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def evaluate_loss(forward: torch.nn.Module, criterion: Sam3Loss, dataset: CocoConceptDataset, processor: Any,
-                  device: torch.device, dist_info: DistInfo, batch_size: int, autocast: Any) -> float:
+def evaluate_loss(
+    forward: torch.nn.Module,
+    criterion: Sam3Loss,
+    dataset: CocoConceptDataset,
+    processor: Any,
+    device: torch.device,
+    dist_info: DistInfo,
+    batch_size: int,
+    autocast: Any,
+) -> float:
     """Mean total loss per batch over the valid split (model in eval mode, same prompts every time)."""
     dataset.set_epoch(0)
     total = torch.zeros(2, dtype=torch.float64, device=device)
     indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
     for start in range(0, len(indices), batch_size):
-        batch = collate([dataset[i] for i in indices[start:start + batch_size]])
+        batch = collate([dataset[i] for i in indices[start : start + batch_size]])
         with autocast():
             preds = forward(**batch_inputs(batch, processor, device))
         losses = criterion(preds, batch["queries"])
@@ -49,8 +57,14 @@ def evaluate_loss(forward: torch.nn.Module, criterion: Sam3Loss, dataset: CocoCo
     return float(total[0] / total[1].clamp(min=1))
 
 
-def evaluate_metrics(predictor: Predictor, dataset: CocoConceptDataset, device: torch.device, dist_info: DistInfo,
-                     threshold: float = 0.5, predictions_file: Path | None = None) -> dict[str, Any]:
+def evaluate_metrics(
+    predictor: Predictor,
+    dataset: CocoConceptDataset,
+    device: torch.device,
+    dist_info: DistInfo,
+    threshold: float = 0.5,
+    predictions_file: Path | None = None,
+) -> dict[str, Any]:
     """Mean Dice/IoU per concept (and over concepts) and the false-positive rate on absent concepts."""
     prompts = dataset.prompts
     slot = {p: i for i, p in enumerate(prompts)}
@@ -79,8 +93,14 @@ def evaluate_metrics(predictor: Predictor, dataset: CocoConceptDataset, device: 
                 sums[-2] += 1
                 sums[-1] += float(len(det) > 0)
             if predictions_file is not None:
-                records.append({"image": str(dataset.image_path(index)), "prompt": prompt,
-                                "scores": det.scores.tolist(), "boxes_xyxy": det.boxes.tolist()})
+                records.append(
+                    {
+                        "image": str(dataset.image_path(index)),
+                        "prompt": prompt,
+                        "scores": det.scores.tolist(),
+                        "boxes_xyxy": det.boxes.tolist(),
+                    }
+                )
     sums = all_reduce_sum(sums.to(device)).cpu()
     per_concept = {}
     for p, k in slot.items():

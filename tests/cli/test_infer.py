@@ -10,8 +10,8 @@ from PIL import Image
 
 from medsam3.cli.infer import main
 from medsam3.config import load_config
-from medsam3.export import decode_rle
-from medsam3.predictor import Predictor
+from medsam3.inference.predictor import Predictor
+from medsam3.outputs import decode_rle
 from tests.conftest import REPO
 
 PROMPTS = ["liver", "tumor", "left kidney"]
@@ -30,8 +30,25 @@ def run_cli(*args):
 
 def test_cli_writes_overlay_json_and_masks_matching_the_predictor(tmp_path, tiny_config, image_file, rgb_image):
     out_png, out_json, masks_dir = tmp_path / "out.png", tmp_path / "res.json", tmp_path / "masks"
-    code = run_cli("--config", tiny_config, "--image", image_file, "--prompt", *PROMPTS, "--weights", "none",
-                   "--threshold", "0.2", "--output", out_png, "--json", out_json, "--masks-dir", masks_dir, "-q")
+    code = run_cli(
+        "--config",
+        tiny_config,
+        "--image",
+        image_file,
+        "--prompt",
+        *PROMPTS,
+        "--weights",
+        "none",
+        "--threshold",
+        "0.2",
+        "--output",
+        out_png,
+        "--json",
+        out_json,
+        "--masks-dir",
+        masks_dir,
+        "-q",
+    )
     assert code == 0
 
     overlay = np.asarray(Image.open(out_png))
@@ -60,9 +77,31 @@ def test_cli_writes_overlay_json_and_masks_matching_the_predictor(tmp_path, tiny
 
 def test_cli_box_prompt(tmp_path, tiny_config, image_file):
     out_json = tmp_path / "res.json"
-    assert run_cli("--config", tiny_config, "--image", image_file, "--prompt", "liver", "--weights", "none",
-                   "--box", 10, 10, 60, 60, "--threshold", "0", "--output", tmp_path / "o.png",
-                   "--json", out_json, "-q") == 0
+    assert (
+        run_cli(
+            "--config",
+            tiny_config,
+            "--image",
+            image_file,
+            "--prompt",
+            "liver",
+            "--weights",
+            "none",
+            "--box",
+            10,
+            10,
+            60,
+            60,
+            "--threshold",
+            "0",
+            "--output",
+            tmp_path / "o.png",
+            "--json",
+            out_json,
+            "-q",
+        )
+        == 0
+    )
     assert json.loads(out_json.read_text())["prompts"][0]["num_detections"] > 0
 
 
@@ -112,10 +151,29 @@ def test_script_entry_point(tmp_path, tiny_config, image_file):
     script = REPO / "infer_sam.py"
     help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
     assert "--prompt" in help_text and "--weights" in help_text and "examples:" in help_text
-    ok = subprocess.run([sys.executable, script, "--config", tiny_config, "--image", image_file, "--prompt", "liver",
-                         "--weights", "none", "--output", tmp_path / "o.png"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--config",
+            tiny_config,
+            "--image",
+            image_file,
+            "--prompt",
+            "liver",
+            "--weights",
+            "none",
+            "--output",
+            tmp_path / "o.png",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "o.png").is_file() and "'liver':" in ok.stderr
-    bad = subprocess.run([sys.executable, script, "--config", tiny_config, "--image", tmp_path / "x.png",
-                          "--prompt", "liver"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, script, "--config", tiny_config, "--image", tmp_path / "x.png", "--prompt", "liver"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -14,10 +14,10 @@ import tifffile
 from PIL import Image
 from pycocotools.coco import COCO
 
-from medsam3.batch import discover_inputs, output_names
 from medsam3.cli.infer import main
-from medsam3.export import decode_rle
-from medsam3.predictor import Predictor
+from medsam3.inference.batch import discover_inputs, output_names
+from medsam3.inference.predictor import Predictor
+from medsam3.outputs import decode_rle
 
 PROMPTS = ["liver", "tumor"]
 CORRUPT = {"broken.png", "truncated.nii.gz"}
@@ -99,15 +99,31 @@ def test_discovery_folder_glob_and_list(mixed_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def batch_run(mixed_dir, tmp_path_factory):
-    from medsam3.tiny import build_tiny_checkpoint
+    from medsam3.testing import build_tiny_checkpoint
     from tests.conftest import write_config
 
     root = tmp_path_factory.mktemp("batch")
     ckpt = build_tiny_checkpoint(root / "tiny")
     config = write_config(root / "tiny.yaml", ckpt, hardware={"device": "cpu"})
     out = root / "out"
-    code = run_cli("--config", config, "--input-dir", mixed_dir, "--output-dir", out, "--prompt", *PROMPTS,
-                   "--weights", "none", "--threshold", "0.1", "--binary-masks", "--montage", 2, "-q")
+    code = run_cli(
+        "--config",
+        config,
+        "--input-dir",
+        mixed_dir,
+        "--output-dir",
+        out,
+        "--prompt",
+        *PROMPTS,
+        "--weights",
+        "none",
+        "--threshold",
+        "0.1",
+        "--binary-masks",
+        "--montage",
+        2,
+        "-q",
+    )
     return code, out, config
 
 
@@ -134,8 +150,9 @@ def test_batch_of_20_with_2_corrupt(batch_run, mixed_dir, capsys):
     for img in gt.loadImgs(gt.getImgIds()):
         anns = res.loadAnns(res.getAnnIds(imgIds=[img["id"]]))
         assert all(res.annToMask(a).shape == (img["height"], img["width"]) for a in anns)
-    total = sum(p["num_detections"] for f in out.glob("*/detections.json")
-                for p in json.loads(f.read_text())["prompts"])
+    total = sum(
+        p["num_detections"] for f in out.glob("*/detections.json") for p in json.loads(f.read_text())["prompts"]
+    )
     assert total > 0 and len(res.getAnnIds()) == total
 
     # summary.csv: one row per input and prompt, numbers equal to the outputs on disk
@@ -170,9 +187,28 @@ def test_skip_existing_resumes_and_keeps_everything(batch_run, mixed_dir, monkey
     monkeypatch.setattr(Predictor, "encode_images", lambda self, ims: calls.append(len(ims)) or real(self, ims))
     # an interrupted batch: one input lost its completion marker (and its summary row)
     (out / "gray1" / "detections.json").unlink()
-    assert run_cli("--config", config, "--input-dir", mixed_dir, "--output-dir", out, "--prompt", *PROMPTS,
-                   "--weights", "none", "--threshold", "0.1", "--binary-masks", "--montage", 2, "--skip-existing",
-                   "-q") == 1  # the 2 corrupt files still fail
+    assert (
+        run_cli(
+            "--config",
+            config,
+            "--input-dir",
+            mixed_dir,
+            "--output-dir",
+            out,
+            "--prompt",
+            *PROMPTS,
+            "--weights",
+            "none",
+            "--threshold",
+            "0.1",
+            "--binary-masks",
+            "--montage",
+            2,
+            "--skip-existing",
+            "-q",
+        )
+        == 1
+    )  # the 2 corrupt files still fail
     assert calls == [1], "only the input without its marker ran through the model"
     after = _rows(out)
     assert _strip(after) == _strip(before_rows)
@@ -180,7 +216,7 @@ def test_skip_existing_resumes_and_keeps_everything(batch_run, mixed_dir, monkey
 
 
 def test_interrupted_batch_keeps_finished_outputs(tiny_config, mixed_dir, tmp_path, monkeypatch):
-    from medsam3 import batch
+    from medsam3.inference import batch
 
     out = tmp_path / "out"
     real = batch.process_image
@@ -195,8 +231,21 @@ def test_interrupted_batch_keeps_finished_outputs(tiny_config, mixed_dir, tmp_pa
     monkeypatch.setattr(batch, "process_image", interrupt_on_third)
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(str(mixed_dir / f"rgb{i}.png") for i in range(5)))
-    args = ["--config", tiny_config, "--input-dir", listing, "--output-dir", out, "--prompt", "liver",
-            "--weights", "none", "--threshold", "0.1", "-q"]
+    args = [
+        "--config",
+        tiny_config,
+        "--input-dir",
+        listing,
+        "--output-dir",
+        out,
+        "--prompt",
+        "liver",
+        "--weights",
+        "none",
+        "--threshold",
+        "0.1",
+        "-q",
+    ]
     assert run_cli(*args) == 130
     assert sorted(p.parent.name for p in out.glob("*/detections.json")) == ["rgb0", "rgb1"]
     assert len(_rows(out)) == 2 and len(COCO(str(out / "coco_images.json")).getImgIds()) == 2
@@ -217,12 +266,38 @@ def _strip(rows):
 def test_batch_flag_errors(tiny_config, mixed_dir, tmp_path, capsys):
     assert run_cli("--config", tiny_config, "--input-dir", mixed_dir, "--prompt", "liver") == 2
     assert "needs --output-dir" in capsys.readouterr().err
-    assert run_cli("--config", tiny_config, "--input-dir", tmp_path / "nothing", "--output-dir", tmp_path / "o",
-                   "--prompt", "liver") == 2
+    assert (
+        run_cli(
+            "--config",
+            tiny_config,
+            "--input-dir",
+            tmp_path / "nothing",
+            "--output-dir",
+            tmp_path / "o",
+            "--prompt",
+            "liver",
+        )
+        == 2
+    )
     assert "no such folder" in capsys.readouterr().err
-    assert run_cli("--config", tiny_config, "--image", mixed_dir / "vol0.nii.gz", "--prompt", "liver",
-                   "--json", tmp_path / "x.json") == 2
+    assert (
+        run_cli(
+            "--config",
+            tiny_config,
+            "--image",
+            mixed_dir / "vol0.nii.gz",
+            "--prompt",
+            "liver",
+            "--json",
+            tmp_path / "x.json",
+        )
+        == 2
+    )
     assert "--output-dir" in capsys.readouterr().err
-    assert run_cli("--config", tiny_config, "--image", mixed_dir / "rgb0.png", "--prompt", "liver",
-                   "--window", "40", "wide") == 2
+    assert (
+        run_cli(
+            "--config", tiny_config, "--image", mixed_dir / "rgb0.png", "--prompt", "liver", "--window", "40", "wide"
+        )
+        == 2
+    )
     assert "two numbers" in capsys.readouterr().err

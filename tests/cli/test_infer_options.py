@@ -23,15 +23,41 @@ def tiff16(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("window, logged", [
-    ([], "percentile scaling p0.5-p99.5"),
-    (["--window", "3000", "2000"], "window custom (L3000 W2000)"),
-])
+@pytest.mark.parametrize(
+    "window, logged",
+    [
+        ([], "percentile scaling p0.5-p99.5"),
+        (["--window", "3000", "2000"], "window custom (L3000 W2000)"),
+    ],
+)
 def test_window_on_16bit_tiff_is_applied_and_logged(tmp_path, tiny_config, tiff16, caplog, window, logged):
     caplog.set_level(logging.INFO)
     out = tmp_path / "out"
-    assert main([*map(str, ["--config", tiny_config, "--image", tiff16, "--prompt", "liver", "--weights", "none",
-                            "--output-dir", out, "--threshold", "0.1"]), *window]) == 0
+    assert (
+        main(
+            [
+                *map(
+                    str,
+                    [
+                        "--config",
+                        tiny_config,
+                        "--image",
+                        tiff16,
+                        "--prompt",
+                        "liver",
+                        "--weights",
+                        "none",
+                        "--output-dir",
+                        out,
+                        "--threshold",
+                        "0.1",
+                    ],
+                ),
+                *window,
+            ]
+        )
+        == 0
+    )
     assert logged in caplog.text
     record = json.loads((out / "detections.json").read_text())
     assert logged in record["intensity"] and record["prompts"][0]["prompt"] == "liver"
@@ -48,7 +74,25 @@ def test_window_preset_on_ct_dicom(tmp_path, tiny_config, caplog):
         pytest.skip("pydicom's CT_small.dcm is not installed")
     path = shutil.copy(src, tmp_path / "ct.dcm")
     caplog.set_level(logging.INFO)
-    assert main(["--config", str(tiny_config), "--image", str(path), "--prompt", "liver", "--weights", "none",
-                 "--window", "lung", "--output", str(tmp_path / "o.png"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(tiny_config),
+                "--image",
+                str(path),
+                "--prompt",
+                "liver",
+                "--weights",
+                "none",
+                "--window",
+                "lung",
+                "--output",
+                str(tmp_path / "o.png"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "CT window lung (L-600 W1500)" in caplog.text
     assert (tmp_path / "o.png").is_file()

@@ -2,7 +2,7 @@
 
 The tiny model's masks are noise, so to check that a structure at known voxels comes back at the
 same voxels, the masks are replaced *after* the model, at the post-processing boundary
-(``medsam3.predictor.postprocess_query_outputs``): the real function runs on the real model
+(``medsam3.inference.predictor.postprocess_query_outputs``): the real function runs on the real model
 outputs, then its masks are swapped for masks derived from the very slice image the vision
 encoder was given. Everything between the volume on disk and that boundary, and from there back
 to the NIfTI on disk, is the production code.
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import medsam3.predictor as predictor_module
+import medsam3.inference.predictor as predictor_module
 from medsam3.cli.infer import main
-from medsam3.postprocess import Detections
-from medsam3.predictor import Predictor, to_rgb_array
+from medsam3.inference.postprocess import Detections
+from medsam3.inference.predictor import Predictor, to_rgb_array
 
 PROMPTS = ["liver", "tumor"]
 SHAPE = (24, 18, 7)
@@ -32,13 +32,13 @@ RULES = {"liver": lambda g: (g >= 100) & (g <= 160), "tumor": lambda g: g >= 200
 def structures():
     """Voxel masks of the synthetic 'liver' (value 500) and 'tumor' (value 900)."""
     liver = np.zeros(SHAPE, bool)
-    liver[4:13, 3:10, 1:5] = True           # a block over slices 1..4
-    liver[12:17, 3:6, 1:5] = True           # an arm: the shape is not symmetric under any flip/transpose
+    liver[4:13, 3:10, 1:5] = True  # a block over slices 1..4
+    liver[12:17, 3:6, 1:5] = True  # an arm: the shape is not symmetric under any flip/transpose
     hole = np.zeros(SHAPE, bool)
-    hole[7:9, 5:7, 2:4] = True              # a cavity enclosed in 3D
+    hole[7:9, 5:7, 2:4] = True  # a cavity enclosed in 3D
     liver &= ~hole
     stray = np.zeros(SHAPE, bool)
-    stray[20:23, 14:17, 6] = True           # a second, smaller 'liver' component
+    stray[20:23, 14:17, 6] = True  # a second, smaller 'liver' component
     tumor = np.zeros(SHAPE, bool)
     tumor[16:22, 10:16, 2:6] = True
     return liver, hole, stray, tumor
@@ -90,8 +90,9 @@ def injected(monkeypatch):
         mask = RULES[prompt](gray)
         assert real.masks.shape[1:] == mask.shape == tuple(image_size)
         if not mask.any():
-            return Detections(prompt, np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                              np.zeros((0, *mask.shape), bool))
+            return Detections(
+                prompt, np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, *mask.shape), bool)
+            )
         ys, xs = np.nonzero(mask)
         box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
         return Detections(prompt, box, np.array([0.9], np.float32), mask[None])
@@ -105,14 +106,37 @@ def run_cli(*args):
     return main([str(a) for a in args])
 
 
-@pytest.mark.parametrize("axis, voxel_axis, plane", [("auto", 2, "axial"), ("coronal", 1, "coronal"),
-                                                     ("0", 0, "sagittal")])
-def test_volume_round_trip_lands_on_the_same_voxels(tmp_path, tiny_config, volume_file, injected, axis, voxel_axis,
-                                                    plane):
+@pytest.mark.parametrize(
+    "axis, voxel_axis, plane", [("auto", 2, "axial"), ("coronal", 1, "coronal"), ("0", 0, "sagittal")]
+)
+def test_volume_round_trip_lands_on_the_same_voxels(
+    tmp_path, tiny_config, volume_file, injected, axis, voxel_axis, plane
+):
     out = tmp_path / "seg"
-    assert run_cli("--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", "none",
-                   "--window", 500, 1000, "--slice-batch", 3, "--output-dir", out, "--binary-masks",
-                   "--axis", axis, "-q") == 0
+    assert (
+        run_cli(
+            "--config",
+            tiny_config,
+            "--image",
+            volume_file,
+            "--prompt",
+            *PROMPTS,
+            "--weights",
+            "none",
+            "--window",
+            500,
+            1000,
+            "--slice-batch",
+            3,
+            "--output-dir",
+            out,
+            "--binary-masks",
+            "--axis",
+            axis,
+            "-q",
+        )
+        == 0
+    )
     src = nib.load(volume_file)
     lab = nib.load(out / "labels.nii.gz")
     assert lab.shape == src.shape
@@ -149,9 +173,9 @@ def test_volume_round_trip_lands_on_the_same_voxels(tmp_path, tiny_config, volum
 def test_slices_reach_the_model_in_display_orientation(tiny_config, volume_file, injected):
     """Independently of SliceGeometry: along the image's columns world x (RAS) decreases (patient's
     right on the left) and along its rows world y decreases (anterior at the top)."""
-    from medsam3.batch import load_input
     from medsam3.config import load_config
-    from medsam3.volume_inference import segment_volume
+    from medsam3.inference.batch import load_input
+    from medsam3.inference.volume import segment_volume
 
     vol = load_input(volume_file, window=(500, 1000)).volume
     predictor = Predictor.from_config(load_config(tiny_config), weights="none")
@@ -162,8 +186,11 @@ def test_slices_reach_the_model_in_display_orientation(tiny_config, volume_file,
     k = 3
     idx = np.stack(np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij"), -1)
     disp = geo.to_display(idx)  # (rows, cols, 2): voxel (i, j) shown at each display pixel
-    world = np.einsum("ab,rcb->rca", oblique_affine()[:3, :3],
-                      np.concatenate([disp, np.full(disp.shape[:2] + (1,), k)], -1).astype(float))
+    world = np.einsum(
+        "ab,rcb->rca",
+        oblique_affine()[:3, :3],
+        np.concatenate([disp, np.full(disp.shape[:2] + (1,), k)], -1).astype(float),
+    )
     assert (np.diff(world[..., 0], axis=1) < 0).all() and (np.diff(world[..., 1], axis=0) < 0).all()
     shown = injected["seen"][k][..., 0]
     np.testing.assert_array_equal(shown, vol.intensity.apply(vol.data[disp[..., 0], disp[..., 1], k]))
@@ -171,9 +198,28 @@ def test_slices_reach_the_model_in_display_orientation(tiny_config, volume_file,
 
 def test_volume_3d_postprocessing_flags(tmp_path, tiny_config, volume_file, injected):
     out = tmp_path / "seg"
-    assert run_cli("--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", "none",
-                   "--window", "500,1000", "--output-dir", out, "--largest-component", "--fill-holes",
-                   "--montage", 0, "-q") == 0
+    assert (
+        run_cli(
+            "--config",
+            tiny_config,
+            "--image",
+            volume_file,
+            "--prompt",
+            *PROMPTS,
+            "--weights",
+            "none",
+            "--window",
+            "500,1000",
+            "--output-dir",
+            out,
+            "--largest-component",
+            "--fill-holes",
+            "--montage",
+            0,
+            "-q",
+        )
+        == 0
+    )
     liver, hole, _, tumor = structures()
     expected = np.zeros(SHAPE, np.uint8)
     expected[liver | hole] = 1  # stray component removed, enclosed cavity filled
@@ -188,9 +234,9 @@ def test_volume_3d_postprocessing_flags(tmp_path, tiny_config, volume_file, inje
 def test_real_model_volume_equals_slice_by_slice_predictions(tiny_config, volume_file):
     """No injection: batched slices give what one slice at a time through set_image/predict gives,
     put back with the io layer's own inverse (Volume.labels_from_slices)."""
-    from medsam3.batch import load_input
     from medsam3.config import load_config
-    from medsam3.volume_inference import segment_volume
+    from medsam3.inference.batch import load_input
+    from medsam3.inference.volume import segment_volume
 
     vol = load_input(volume_file).volume
     predictor = Predictor.from_config(load_config(tiny_config), weights="none")
@@ -230,8 +276,24 @@ def test_dicom_series_in_nifti_out(tmp_path, tiny_config, injected):
         ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uid, generate_uid(), 4 - k
         ds.save_as(folder / f"IM{(k * 7) % 4}", enforce_file_format=True)
     out = tmp_path / "out"
-    assert run_cli("--config", tiny_config, "--image", folder, "--prompt", *PROMPTS, "--weights", "none",
-                   "--window", "bone", "--output-dir", out, "-q") == 0
+    assert (
+        run_cli(
+            "--config",
+            tiny_config,
+            "--image",
+            folder,
+            "--prompt",
+            *PROMPTS,
+            "--weights",
+            "none",
+            "--window",
+            "bone",
+            "--output-dir",
+            out,
+            "-q",
+        )
+        == 0
+    )
     lab = nib.load(out / "labels.nii.gz")
     image = nib.load(out / "image.nii.gz")
     assert lab.shape == image.shape == (48, 64, 4)  # (columns, rows, slices)

@@ -86,14 +86,33 @@ def standard_spec(image_dir: Path) -> CocoSpec:
     ]
     x0, y0, x1, y1 = TUMOR_A
     spec.annotations = [
-        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [rect_polygon(*TUMOR_A)],
-         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": [rect_polygon(*TUMOR_A)],
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "area": (x1 - x0) * (y1 - y0),
+            "iscrowd": 0,
+        },
         # No bbox: derived from the polygon.
         {"id": 2, "image_id": 1, "category_id": 1, "segmentation": [rect_polygon(*TUMOR_B)], "iscrowd": 0},
-        {"id": 3, "image_id": 1, "category_id": 2, "segmentation": rect_rle(*CYST),
-         "bbox": [CYST[0], CYST[1], CYST[2] - CYST[0], CYST[3] - CYST[1]], "iscrowd": 0},
-        {"id": 4, "image_id": 2, "category_id": 3, "segmentation": [LIVER_TRIANGLE], "bbox": [0, 0, 40, 40],
-         "iscrowd": 0},
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": rect_rle(*CYST),
+            "bbox": [CYST[0], CYST[1], CYST[2] - CYST[0], CYST[3] - CYST[1]],
+            "iscrowd": 0,
+        },
+        {
+            "id": 4,
+            "image_id": 2,
+            "category_id": 3,
+            "segmentation": [LIVER_TRIANGLE],
+            "bbox": [0, 0, 40, 40],
+            "iscrowd": 0,
+        },
     ]
     # spleen (4) needs one annotation somewhere to be a concept: put it on a 4th image.
     draw_image(image_dir / "img4.png", [SPLEEN], seed=4)
@@ -117,7 +136,16 @@ def roboflow_dir(tmp_path: Path) -> Path:
 def kit() -> SimpleNamespace:
     """The helpers and constants above, for tests (fixtures avoid importing conftest)."""
     return SimpleNamespace(
-        W=W, H=H, TUMOR_A=TUMOR_A, TUMOR_B=TUMOR_B, CYST=CYST, SPLEEN=SPLEEN, LIVER_TRIANGLE=LIVER_TRIANGLE,
-        CocoSpec=CocoSpec, rect_polygon=rect_polygon, rect_rle=rect_rle, draw_image=draw_image,
+        W=W,
+        H=H,
+        TUMOR_A=TUMOR_A,
+        TUMOR_B=TUMOR_B,
+        CYST=CYST,
+        SPLEEN=SPLEEN,
+        LIVER_TRIANGLE=LIVER_TRIANGLE,
+        CocoSpec=CocoSpec,
+        rect_polygon=rect_polygon,
+        rect_rle=rect_rle,
+        draw_image=draw_image,
         standard_spec=standard_spec,
     )

@@ -36,8 +36,9 @@ def test_corrupt_missing_and_escaping_images_are_skipped(tmp_path, kit, caplog):
         {"id": 14, "file_name": "missing.png", "width": kit.W, "height": kit.H},
     ]
     for iid in (10, 11, 12, 13, 14):
-        spec.annotations.append({"id": 100 + iid, "image_id": iid, "category_id": 1,
-                                 "segmentation": [kit.rect_polygon(*kit.TUMOR_A)]})
+        spec.annotations.append(
+            {"id": 100 + iid, "image_id": iid, "category_id": 1, "segmentation": [kit.rect_polygon(*kit.TUMOR_A)]}
+        )
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         ds = _build(tmp_path, spec)
     assert sorted(ds.image_ids) == [1, 2, 3, 4]
@@ -93,8 +94,10 @@ def test_partly_degenerate_multipolygon_keeps_the_good_part(tmp_path, kit, caplo
 
 def test_nothing_usable_raises_actionable_error(tmp_path, kit, caplog):
     spec = kit.CocoSpec(
-        images=[{"id": 1, "file_name": "gone.png", "width": 10, "height": 10},
-                {"id": 2, "file_name": "../../etc/passwd", "width": 10, "height": 10}],
+        images=[
+            {"id": 1, "file_name": "gone.png", "width": 10, "height": 10},
+            {"id": 2, "file_name": "../../etc/passwd", "width": 10, "height": 10},
+        ],
         annotations=[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}],
         categories=[{"id": 1, "name": "tumor"}],
     )

@@ -89,8 +89,16 @@ def test_prompt_field_synonyms_and_crowd(tmp_path, kit):
     spec.categories[1]["prompt"] = "liver tumour"
     spec.categories[1]["synonyms"] = ["hepatic lesion", "liver mass"]
     # A crowd cyst on image 2: cyst is present there (never a negative) but not a target.
-    spec.annotations.append({"id": 99, "image_id": 2, "category_id": 2, "segmentation": kit.rect_rle(60, 30, 72, 45),
-                             "bbox": [60, 30, 12, 15], "iscrowd": 1})
+    spec.annotations.append(
+        {
+            "id": 99,
+            "image_id": 2,
+            "category_id": 2,
+            "segmentation": kit.rect_rle(60, 30, 72, 45),
+            "bbox": [60, 30, 12, 15],
+            "iscrowd": 1,
+        }
+    )
     ann = spec.write(tmp_path / "ann.json")
     ds = CocoConceptDataset(ann, tmp_path / "imgs", resolution=28, mask_resolution=M, num_negatives=10)
     img1 = ds[ds.image_ids.index(1)]["queries"]
@@ -98,8 +106,9 @@ def test_prompt_field_synonyms_and_crowd(tmp_path, kit):
     img2 = ds[ds.image_ids.index(2)]["queries"]
     assert "cyst" not in {q["prompt"] for q in img2}
 
-    train = CocoConceptDataset(ann, tmp_path / "imgs", resolution=28, mask_resolution=M, num_negatives=0,
-                               use_synonyms=True)
+    train = CocoConceptDataset(
+        ann, tmp_path / "imgs", resolution=28, mask_resolution=M, num_negatives=0, use_synonyms=True
+    )
     seen = set()
     for epoch in range(12):
         train.set_epoch(epoch)
@@ -136,8 +145,9 @@ def _dataset_with_jpeg(tmp_path: Path, kit, resolution: int) -> CocoConceptDatas
         annotations=[{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [kit.rect_polygon(*kit.TUMOR_A)]}],
         categories=[{"id": 1, "name": "tumor"}],
     )
-    return CocoConceptDataset(spec.write(tmp_path / "ann.json"), tmp_path / "imgs", resolution=resolution,
-                              mask_resolution=M)
+    return CocoConceptDataset(
+        spec.write(tmp_path / "ann.json"), tmp_path / "imgs", resolution=resolution, mask_resolution=M
+    )
 
 
 def test_transparent_image_matches_processor(tmp_path):
@@ -183,7 +193,6 @@ def test_dataloader_with_workers(roboflow_dir):
     assert sum(b["pixel_values"].shape[0] for b in batches) == len(ds)
 
 
-
 def test_semantic_targets_for_evaluation(roboflow_dir, kit):
     ds = _dataset(roboflow_dir, num_negatives=2)
     index = ds.image_ids.index(1)
@@ -196,6 +205,7 @@ def test_semantic_targets_for_evaluation(roboflow_dir, kit):
     x0, y0, x1, y1 = kit.TUMOR_B
     assert tumor[y0:y1, x0:x1].all()
     assert int(tumor.sum()) == (kit.TUMOR_A[2] - kit.TUMOR_A[0]) * (kit.TUMOR_A[3] - kit.TUMOR_A[1]) + (
-        kit.TUMOR_B[2] - kit.TUMOR_B[0]) * (kit.TUMOR_B[3] - kit.TUMOR_B[1])
+        kit.TUMOR_B[2] - kit.TUMOR_B[0]
+    ) * (kit.TUMOR_B[3] - kit.TUMOR_B[1])
     assert sorted(absent) == ["liver", "spleen"]
     assert ds.image_path(index).name == "img1.png"

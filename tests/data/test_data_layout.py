@@ -59,11 +59,20 @@ def test_from_split_and_indexing(roboflow_dir):
 
 @pytest.mark.parametrize(
     "name, escapes",
-    [("a.png", False), ("sub/dir/a.png", False), ("sub/../a.png", False), ("../a.png", True),
-     ("sub/../../a.png", True), ("/etc/passwd", True), ("..\\a.png", True), ("C:\\x\\a.png", True),
-     ("c:/a.png", True), ("a:b.png", False)],
+    [
+        ("a.png", False),
+        ("sub/dir/a.png", False),
+        ("sub/../a.png", False),
+        ("../a.png", True),
+        ("sub/../../a.png", True),
+        ("/etc/passwd", True),
+        ("..\\a.png", True),
+        ("C:\\x\\a.png", True),
+        ("c:/a.png", True),
+        ("a:b.png", False),
+    ],
 )
 def test_path_escape_check(name, escapes):
-    from medsam3.data.coco import _escapes_root
+    from medsam3.data.coco_records import escapes_root
 
-    assert _escapes_root(name) is escapes
+    assert escapes_root(name) is escapes

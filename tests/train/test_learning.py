@@ -9,8 +9,8 @@ import numpy as np
 
 from medsam3.config import load_config
 from medsam3.data import CocoConceptDataset, load_rgb_image
-from medsam3.metrics import dice
-from medsam3.predictor import Predictor
+from medsam3.evaluation.metrics import dice
+from medsam3.inference.predictor import Predictor
 from medsam3.train.trainer import train
 from tests.train.conftest import tiny_train_config
 
@@ -19,11 +19,22 @@ def test_tiny_sam3_learns_two_concepts_and_rejects_absent(tmp_path, learnable_ch
     # Full fine-tuning of the tiny random model (training.train_base_model): a real SAM3 is pretrained,
     # this stand-in has to learn text-image matching from scratch. Presence weight 100 speeds that up.
     path = tiny_train_config(
-        tmp_path, learnable_checkpoint, shapes_dir,
-        training={"batch_size": 8, "learning_rate": 3e-3, "train_base_model": True, "num_epochs": 1000,
-                  "max_steps": 300, "eval_steps": 150, "logging_steps": 25, "save_steps": 1000},
+        tmp_path,
+        learnable_checkpoint,
+        shapes_dir,
+        training={
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "train_base_model": True,
+            "num_epochs": 1000,
+            "max_steps": 300,
+            "eval_steps": 150,
+            "logging_steps": 25,
+            "save_steps": 1000,
+        },
         lora={"rank": 32, "alpha": 32, "dropout": 0.0},
-        loss={"loss_presence": 100.0}, evaluation={"metric": "dice"},
+        loss={"loss_presence": 100.0},
+        evaluation={"metric": "dice"},
     )
     cfg = load_config(path)
     t0 = time.perf_counter()
@@ -48,9 +59,9 @@ def test_tiny_sam3_learns_two_concepts_and_rejects_absent(tmp_path, learnable_ch
         predictor.set_image(np.array(load_rgb_image(data.image_path(index))))
         present = list(masks)
         results = predictor.predict(present + absent, threshold=0.5)
-        for prompt, det in zip(present, results[:len(present)]):
+        for prompt, det in zip(present, results[: len(present)]):
             scores.append(dice(det.semantic_mask(), masks[prompt]))
-        for det in results[len(present):]:
+        for det in results[len(present) :]:
             absent_hits += int(len(det) > 0 and float(det.scores.max()) > 0.5)
     mean_dice = float(np.mean(scores))
     print(f"inference-path mean Dice {mean_dice:.3f} over {len(scores)} image/concept pairs")

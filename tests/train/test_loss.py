@@ -59,8 +59,17 @@ def test_perfect_predictions_score_far_below_wrong_ones():
     assert good["loss_ce"].item() < bad["loss_ce"].item()
     assert good["total"].item() < 0.2 * bad["total"].item()
     assert set(good) == {
-        "loss_ce", "loss_presence", "loss_bbox", "loss_giou", "loss_mask", "loss_dice",
-        "loss_ce_aux", "loss_presence_aux", "loss_bbox_aux", "loss_giou_aux", "total",
+        "loss_ce",
+        "loss_presence",
+        "loss_bbox",
+        "loss_giou",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_aux",
+        "loss_presence_aux",
+        "loss_bbox_aux",
+        "loss_giou_aux",
+        "total",
     }
     for value in good.values():
         assert value.dtype == torch.float32 and value.dim() == 0
@@ -69,8 +78,10 @@ def test_perfect_predictions_score_far_below_wrong_ones():
 def test_total_is_the_weighted_sum():
     w = LossWeights(loss_ce=1, loss_presence=2, loss_bbox=3, loss_giou=4, loss_mask=5, loss_dice=6)
     out = Sam3Loss(weights=w)(_predictions(False), _targets())
-    expected = sum(getattr(w, k) * (out[k] + out.get(f"{k}_aux", 0.0)) for k in (
-        "loss_ce", "loss_presence", "loss_bbox", "loss_giou"))
+    expected = sum(
+        getattr(w, k) * (out[k] + out.get(f"{k}_aux", 0.0))
+        for k in ("loss_ce", "loss_presence", "loss_bbox", "loss_giou")
+    )
     expected = expected + 5 * out["loss_mask"] + 6 * out["loss_dice"]
     torch.testing.assert_close(out["total"], expected)
 
@@ -160,17 +171,38 @@ def _tiny_model():
 
     cfg = Sam3Config(
         vision_config=dict(
-            backbone_config=dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, image_size=112, patch_size=14, window_size=4,
-                                 global_attn_indexes=[1], pretrain_image_size=112),
-            fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]),
-        text_config=dict(model_type="clip_text_model", vocab_size=100, hidden_size=32, intermediate_size=64,
-                         projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32),
-        geometry_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64,
-                                     roi_size=3),
+            backbone_config=dict(
+                model_type="sam3_vit_model",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=112,
+                patch_size=14,
+                window_size=4,
+                global_attn_indexes=[1],
+                pretrain_image_size=112,
+            ),
+            fpn_hidden_size=32,
+            backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+        ),
+        text_config=dict(
+            model_type="clip_text_model",
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        ),
+        geometry_encoder_config=dict(
+            hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64, roi_size=3
+        ),
         detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64),
-        detr_decoder_config=dict(hidden_size=32, num_layers=2, num_queries=10, num_attention_heads=2,
-                                 intermediate_size=64),
+        detr_decoder_config=dict(
+            hidden_size=32, num_layers=2, num_queries=10, num_attention_heads=2, intermediate_size=64
+        ),
         mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
     )
     return Sam3Model(cfg)
@@ -186,11 +218,24 @@ def _tiny_dataset(tmp_path: Path) -> CocoConceptDataset:
         img.save(tmp_path / f"{i}.png")
         images.append({"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 48})
         x0 = 8 + 20 * i
-        annotations.append({"id": 10 + i, "image_id": i + 1, "category_id": 1,
-                            "segmentation": [[x0, 8, x0 + 16, 8, x0 + 16, 32, x0, 32]]})
+        annotations.append(
+            {
+                "id": 10 + i,
+                "image_id": i + 1,
+                "category_id": 1,
+                "segmentation": [[x0, 8, x0 + 16, 8, x0 + 16, 32, x0, 32]],
+            }
+        )
         if i == 0:
-            annotations.append({"id": 20, "image_id": 1, "category_id": 2, "bbox": [40, 20, 16, 21],
-                                "segmentation": [[40, 20, 56, 20, 56, 41, 40, 41]]})
+            annotations.append(
+                {
+                    "id": 20,
+                    "image_id": 1,
+                    "category_id": 2,
+                    "bbox": [40, 20, 16, 21],
+                    "segmentation": [[40, 20, 56, 20, 56, 41, 40, 41]],
+                }
+            )
     categories = [{"id": 1, "name": "tumor"}, {"id": 2, "name": "cyst"}, {"id": 3, "name": "liver"}]
     annotations.append({"id": 30, "image_id": 2, "category_id": 3, "bbox": [0, 0, 10, 10]})  # box-only
     path = tmp_path / "ann.json"

@@ -67,8 +67,9 @@ def test_empty_targets_more_targets_than_queries_and_batch():
     preds = _xyxy([[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]])
     logits = torch.zeros(2)
     many = torch.rand(5, 4) * 0.3 + 0.2
-    out = matcher(torch.stack([logits, logits, logits]), torch.stack([preds, preds, preds]),
-                  [torch.zeros(0, 4), many, many[:1]])
+    out = matcher(
+        torch.stack([logits, logits, logits]), torch.stack([preds, preds, preds]), [torch.zeros(0, 4), many, many[:1]]
+    )
     assert out[0][0].numel() == 0 and out[0][1].numel() == 0
     assert len(out[1][0]) == 2 and len(set(out[1][1].tolist())) == 2  # only Q targets can be matched
     assert len(out[2][0]) == 1

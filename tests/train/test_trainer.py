@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from medsam3.config import load_config
-from medsam3.predictor import Predictor
+from medsam3.inference.predictor import Predictor
 from medsam3.train.checkpoint import list_checkpoints, load_trainer_state
 from medsam3.train.trainer import Trainer, train
 from tests.train.conftest import tiny_train_config
@@ -32,10 +32,24 @@ def _cfg(tmp_path, tiny_checkpoint, shapes_dir, name="run", training=None, **sec
 
 
 def test_training_keys_reach_optimizer_loader_and_model(tmp_path, tiny_checkpoint, shapes_dir, caplog):
-    cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(
-        batch_size=3, num_workers=1, learning_rate=2e-4, weight_decay=0.05, adam_beta1=0.8, adam_beta2=0.95,
-        adam_epsilon=1e-6, gradient_checkpointing=True, mixed_precision="bf16", max_steps=1),
-        hardware={"dataloader_pin_memory": True})
+    cfg = _cfg(
+        tmp_path,
+        tiny_checkpoint,
+        shapes_dir,
+        training=dict(
+            batch_size=3,
+            num_workers=1,
+            learning_rate=2e-4,
+            weight_decay=0.05,
+            adam_beta1=0.8,
+            adam_beta2=0.95,
+            adam_epsilon=1e-6,
+            gradient_checkpointing=True,
+            mixed_precision="bf16",
+            max_steps=1,
+        ),
+        hardware={"dataloader_pin_memory": True},
+    )
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(cfg, show_progress=False)
     group = trainer.optimizer.param_groups[0]
@@ -57,12 +71,16 @@ def test_training_keys_reach_optimizer_loader_and_model(tmp_path, tiny_checkpoin
 
 def test_seed_makes_runs_reproducible(tmp_path, tiny_checkpoint, shapes_dir):
     common = dict(max_steps=3, seed=7)
-    a = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "a", training=common, lora={"dropout": 0.1}),
-              show_progress=False)
-    b = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "b", training=common, lora={"dropout": 0.1}),
-              show_progress=False)
-    c = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "c", training={**common, "seed": 8},
-                   lora={"dropout": 0.1}), show_progress=False)
+    a = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "a", training=common, lora={"dropout": 0.1}), show_progress=False
+    )
+    b = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "b", training=common, lora={"dropout": 0.1}), show_progress=False
+    )
+    c = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "c", training={**common, "seed": 8}, lora={"dropout": 0.1}),
+        show_progress=False,
+    )
     ta, tb, tc = (_adapter(r.output_dir / "last_lora_weights") for r in (a, b, c))
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert any(not torch.equal(ta[k], tc[k]) for k in ta)
@@ -72,8 +90,13 @@ def test_accumulation_of_4_batches_of_1_equals_one_batch_of_4(tmp_path, tiny_che
     """Same 4 images, same prompts (num_negatives=1: every image has 1 positive + 1 negative query)."""
     grads = []
     for name, bs, accum in (("big", 4, 1), ("accum", 1, 4)):
-        cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, name,
-                   training=dict(batch_size=bs, gradient_accumulation_steps=accum, max_steps=1))
+        cfg = _cfg(
+            tmp_path,
+            tiny_checkpoint,
+            shapes_dir,
+            name,
+            training=dict(batch_size=bs, gradient_accumulation_steps=accum, max_steps=1),
+        )
         trainer = Trainer(cfg, show_progress=False)
         # A deterministic model: SAM3's own dropout layers (DETR/decoder, active in train mode) off.
         for module in trainer.model.modules():
@@ -93,9 +116,16 @@ def test_accumulation_of_4_batches_of_1_equals_one_batch_of_4(tmp_path, tiny_che
 def test_warmup_and_schedules_are_visible_in_logged_lr(tmp_path, tiny_checkpoint, shapes_dir):
     lrs = {}
     for sched in ("constant", "linear", "cosine"):
-        result = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, sched, training=dict(
-            learning_rate=1e-3, warmup_steps=4, lr_scheduler=sched, max_steps=8, num_epochs=10)),
-            show_progress=False)
+        result = train(
+            _cfg(
+                tmp_path,
+                tiny_checkpoint,
+                shapes_dir,
+                sched,
+                training=dict(learning_rate=1e-3, warmup_steps=4, lr_scheduler=sched, max_steps=8, num_epochs=10),
+            ),
+            show_progress=False,
+        )
         lrs[sched] = [r["lr"] for r in _log(result.output_dir)]
     for values in lrs.values():
         assert values[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
@@ -106,22 +136,29 @@ def test_warmup_and_schedules_are_visible_in_logged_lr(tmp_path, tiny_checkpoint
 
 
 def test_clipping_bounds_the_gradient_norm(tmp_path, tiny_checkpoint, shapes_dir):
-    clipped = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "clip", training=dict(max_grad_norm=1e-3,
-                                                                                      max_steps=3)),
-                    show_progress=False)
+    clipped = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "clip", training=dict(max_grad_norm=1e-3, max_steps=3)),
+        show_progress=False,
+    )
     for rec in _log(clipped.output_dir):
         assert rec["grad_norm"] > 1e-3
         assert rec["grad_norm_after_clip"] <= 1e-3 * (1 + 1e-4)
-    free = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "free", training=dict(max_grad_norm=0.0, max_steps=2)),
-                 show_progress=False)
+    free = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "free", training=dict(max_grad_norm=0.0, max_steps=2)),
+        show_progress=False,
+    )
     for rec in _log(free.output_dir):
         assert rec["grad_norm_after_clip"] == pytest.approx(rec["grad_norm"], rel=1e-5)
 
 
 def test_logging_eval_save_steps_and_save_total_limit(tmp_path, tiny_checkpoint, shapes_dir):
-    cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(
-        max_steps=6, num_epochs=10, logging_steps=2, eval_steps=3, save_steps=2, save_total_limit=2),
-        evaluation={"metric": "loss", "save_predictions": True})
+    cfg = _cfg(
+        tmp_path,
+        tiny_checkpoint,
+        shapes_dir,
+        training=dict(max_steps=6, num_epochs=10, logging_steps=2, eval_steps=3, save_steps=2, save_total_limit=2),
+        evaluation={"metric": "loss", "save_predictions": True},
+    )
     result = train(cfg, show_progress=False)
     out = result.output_dir
     assert [r["step"] for r in _log(out)] == [2, 4, 6]
@@ -145,11 +182,11 @@ def test_logging_eval_save_steps_and_save_total_limit(tmp_path, tiny_checkpoint,
 def test_kill_and_resume_reaches_the_same_adapter(tmp_path, tiny_checkpoint, shapes_dir, monkeypatch):
     # Dropout, augmentation and synonyms-free negatives make every step depend on RNG and data order;
     # 4 micro-batches per epoch and a save at step 3 make the resume point fall mid-epoch.
-    training = dict(max_steps=7, num_epochs=10, save_steps=3, eval_steps=100, lr_scheduler="cosine",
-                    warmup_steps=2)
+    training = dict(max_steps=7, num_epochs=10, save_steps=3, eval_steps=100, lr_scheduler="cosine", warmup_steps=2)
     sections = dict(lora={"dropout": 0.2}, augmentation={"hflip_prob": 0.5, "brightness": 0.2})
-    full = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "full", training=training, **sections),
-                 show_progress=False)
+    full = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "full", training=training, **sections), show_progress=False
+    )
 
     cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, "killed", training=training, **sections)
     original = Trainer._step
@@ -184,24 +221,33 @@ def test_resume_errors_are_actionable(tmp_path, tiny_checkpoint, shapes_dir):
 
 def test_num_epochs_decides_the_step_count_without_max_steps(tmp_path, tiny_checkpoint, shapes_dir):
     # 8 training images, batch 4, accumulation 1: 2 optimizer steps per epoch.
-    result = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(num_epochs=2, batch_size=4)),
-                   show_progress=False)
+    result = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(num_epochs=2, batch_size=4)), show_progress=False
+    )
     assert result.global_step == 4
     assert [r["epoch"] for r in _log(result.output_dir)] == [0, 0, 1, 1]
     # max_steps overrides num_epochs (as in transformers' Trainer): 5 steps run into a third epoch.
-    longer = train(_cfg(tmp_path, tiny_checkpoint, shapes_dir, "longer",
-                        training=dict(num_epochs=1, batch_size=4, max_steps=5)), show_progress=False)
+    longer = train(
+        _cfg(tmp_path, tiny_checkpoint, shapes_dir, "longer", training=dict(num_epochs=1, batch_size=4, max_steps=5)),
+        show_progress=False,
+    )
     assert longer.global_step == 5
     assert [r["epoch"] for r in _log(longer.output_dir)] == [0, 0, 1, 1, 2]
 
 
 def test_save_lora_only_false_writes_a_merged_model_that_predicts_like_the_adapter(
-        tmp_path, tiny_checkpoint, shapes_dir):
+    tmp_path, tiny_checkpoint, shapes_dir
+):
     import numpy as np
     from PIL import Image
 
-    cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(max_steps=3, learning_rate=5e-2),
-               output={"save_lora_only": False})
+    cfg = _cfg(
+        tmp_path,
+        tiny_checkpoint,
+        shapes_dir,
+        training=dict(max_steps=3, learning_rate=5e-2),
+        output={"save_lora_only": False},
+    )
     out = train(cfg, show_progress=False).output_dir
     assert (out / "last_model" / "config.json").is_file()
     image = np.asarray(Image.open(shapes_dir / "train" / "img1.png"))
@@ -221,9 +267,13 @@ def test_save_lora_only_false_writes_a_merged_model_that_predicts_like_the_adapt
 def test_tensorboard_events_mirror_the_jsonl_log(tmp_path, tiny_checkpoint, shapes_dir):
     from tensorboard.backend.event_processing import event_accumulator  # a test dependency: never skipped
 
-    cfg = _cfg(tmp_path, tiny_checkpoint, shapes_dir, training=dict(max_steps=3, eval_steps=3, warmup_steps=2,
-                                                                    lr_scheduler="linear"),
-               output={"logging_dir": "tb"})
+    cfg = _cfg(
+        tmp_path,
+        tiny_checkpoint,
+        shapes_dir,
+        training=dict(max_steps=3, eval_steps=3, warmup_steps=2, lr_scheduler="linear"),
+        output={"logging_dir": "tb"},
+    )
     out = train(cfg, show_progress=False).output_dir
     acc = event_accumulator.EventAccumulator(str(out / "tb"))
     acc.Reload()

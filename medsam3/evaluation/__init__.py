@@ -1,0 +1,85 @@
+"""Evaluate text-prompted segmentation on labelled 2D (COCO) and 3D (NIfTI) sets, the way papers report it.
+
+Why this module exists: MedSAM3's table is "Dice per concept per modality, text vs text+box". That
+number depends on choices (what counts as ground truth, which box, which threshold, what happens
+with empty masks) that must be the same for every row, written down, and recomputable from files.
+
+Rules (all fixed here, all in the README):
+
+* **Cases.** 2D: one (image, category) pair per category *present* in the image (it has at least one
+  annotation with a usable mask); ``include_absent`` also asks for every other category of the set
+  (those with annotations somewhere), whose ground truth is empty. 3D: one (volume, label value)
+  pair per entry of the label-to-prompt mapping present in the label map, absent ones likewise only
+  with ``include_absent``.
+* **Ground truth.** 2D: union of the category's instance masks on the image (``annToMask``, crowd
+  regions included); annotations without a usable segmentation (box-only, degenerate polygons) are
+  dropped with a warning, and a category present on an image only through them is not evaluated
+  there. 3D: ``label_map == value``; the label map must share the image volume's shape and affine.
+* **Prompts.** A category's ``prompt`` field overrides its ``name``; in 3D the mapping's text.
+* **Protocols.** ``text``: the prompt alone. ``text+box``: the prompt plus the box of the *largest
+  connected component* of the ground truth (``scipy.ndimage.label``, face connectivity, ties -> first
+  in scan order), xyxy in pixels with exclusive right/bottom edges (a one-pixel component at
+  (r, c) gives ``[c, r, c+1, r+1]``). 2D: per image; 3D: per slice, and slices whose ground truth is
+  empty (and absent cases) get text only.
+* **Prediction.** All detections of the prompt above the threshold (after NMS), unioned into one
+  semantic mask. A threshold sweep runs the model *once* per case, keeping detections above the
+  lowest threshold, and derives every threshold's mask from them: greedy NMS keeps the same
+  detections above ``t`` whether it ran before or after the cut, so this equals separate runs.
+* **Metrics.** :func:`medsam3.evaluation.metrics.compute_all` (Dice, IoU, NSD at ``nsd_tolerance`` mm, HD95):
+  3D on the whole volume with the file's voxel spacing; 2D with the image's pixel spacing when the
+  file carries one (DICOM), else 1 mm per pixel. Absent cases score 1 when nothing is predicted and
+  0 otherwise (HD95 inf, left out of the mean and counted as ``n_inf``).
+* **Failures.** A case that cannot be read or whose label map does not match is logged, listed in
+  ``failures`` and skipped; the others still count.
+
+Layout: :mod:`.metrics` (Dice, IoU, NSD, HD95; a leaf that imports nothing from medsam3),
+:mod:`.cases` (options, cases, ground truth), :mod:`.protocol` (prompting, scoring, the loop),
+:mod:`.report` (summaries and files). May import inference, io and outputs; never train or cli.
+"""
+
+from .cases import (
+    CSV_COLUMNS,
+    METRICS,
+    PROTOCOLS,
+    CaseError,
+    CocoSet,
+    EvalOptions,
+    EvaluationError,
+    ImageCase,
+    VolumeCase,
+    VolumeSet,
+    load_coco_set,
+    load_label_prompts,
+    match_volume_dirs,
+    read_label_map,
+    read_volume_pairs,
+)
+from .protocol import EvaluationReport, Evaluator, coco_instance_metrics, largest_component_box, semantic_masks
+from .report import best_thresholds, format_table, summarize_rows, write_report
+
+__all__ = [
+    "CSV_COLUMNS",
+    "METRICS",
+    "PROTOCOLS",
+    "CaseError",
+    "CocoSet",
+    "EvalOptions",
+    "EvaluationError",
+    "EvaluationReport",
+    "Evaluator",
+    "ImageCase",
+    "VolumeCase",
+    "VolumeSet",
+    "best_thresholds",
+    "coco_instance_metrics",
+    "format_table",
+    "largest_component_box",
+    "load_coco_set",
+    "load_label_prompts",
+    "match_volume_dirs",
+    "read_label_map",
+    "read_volume_pairs",
+    "semantic_masks",
+    "summarize_rows",
+    "write_report",
+]

@@ -1,0 +1,378 @@
+"""How cases are prompted and scored: text or text + largest-component box, threshold sweeps, COCO AP."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
+from ..inference.postprocess3d import keep_largest_component
+from ..inference.volume import default_slice_batch
+from ..io import ImageReadError, load_image2d, load_volume, save_label_map
+from ..outputs import encode_rle, prompt_slug
+from .cases import CaseError, CocoSet, EvalOptions, EvaluationError, ImageCase, VolumeCase, VolumeSet, read_label_map
+from .metrics import compute_all
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Prompting and masks
+# --------------------------------------------------------------------------------------------- #
+def largest_component_box(mask: np.ndarray) -> np.ndarray | None:
+    """xyxy pixel box (exclusive right/bottom) of the largest connected component, None if empty.
+
+    Why the largest component: one box per prompt is what the text+box protocol hands the model, and
+    the largest component is the deterministic, unambiguous choice for multi-part structures.
+    """
+    component = keep_largest_component(mask, connectivity=1)  # face connectivity, ties -> first
+    if not component.any():
+        return None
+    rows, cols = ndimage.find_objects(component.astype(np.uint8))[0]
+    return np.array([cols.start, rows.start, cols.stop, rows.stop], dtype=np.float32)
+
+
+def _box_row(box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if box is None:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    return np.asarray(box, np.float32).reshape(1, 4), np.ones(1, np.int64)
+
+
+def _predict_rows(
+    predictor,
+    images: Sequence[np.ndarray],
+    rows: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]],
+    threshold: float,
+    nms_iou: float | None,
+) -> list[Detections]:
+    """Detections for (image index, prompt, boxes) rows with one vision pass over ``images``.
+
+    Why not ``Predictor.predict_images``: it takes no boxes, and ``text``/``text+box`` rows should
+    share the vision pass (90% of the cost). Same public pieces as ``Predictor.predict``.
+    """
+    vision, sizes = predictor.encode_images(images)
+    out: list[Detections] = []
+    step = predictor.prompt_batch_size
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        raw = predictor.forward_rows(vision, [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], sizes)
+        scores = detection_scores(raw.pred_logits, raw.presence_logits)
+        for j, (image_i, prompt, _) in enumerate(chunk):
+            out.append(
+                postprocess_query_outputs(
+                    prompt, scores[j], raw.pred_boxes[j], raw.pred_masks[j], sizes[image_i], threshold, nms_iou
+                )
+            )
+    return out
+
+
+def semantic_masks(det: Detections, thresholds: Sequence[float]) -> dict[float, np.ndarray]:
+    """Per threshold, the union of the detections scoring above it (the mask Dice is computed on)."""
+    return {t: det.masks[det.scores > t].any(axis=0) for t in thresholds}
+
+
+# --------------------------------------------------------------------------------------------- #
+# The evaluation loop
+# --------------------------------------------------------------------------------------------- #
+@dataclass
+class EvaluationReport:
+    """Everything a run produced; :func:`write_report` turns it into files."""
+
+    options: EvalOptions
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    n_cases: int = 0
+    coco_map: dict[str, Any] | None = None
+
+
+def _slug_unique(name: str, used: set[str]) -> str:
+    slug, k = prompt_slug(name), 1
+    candidate = slug
+    while candidate in used:
+        k += 1
+        candidate = f"{slug}_{k}"
+    used.add(candidate)
+    return candidate
+
+
+def _thr_dir(t: float) -> str:
+    return f"t{t:g}"
+
+
+class Evaluator:
+    """Runs cases through a :class:`~medsam3.inference.predictor.Predictor`, scores them and saves predictions.
+
+    >>> report = Evaluator(predictor, EvalOptions(protocols=("text", "text+box")), "eval/").run(coco=coco_set)
+    >>> write_report(report, "eval/")
+    """
+
+    def __init__(self, predictor, options: EvalOptions, output_dir: str | Path) -> None:
+        self.predictor = predictor
+        self.options = options
+        self.output_dir = Path(output_dir)
+        self.predictions_dir = self.output_dir / "predictions"
+        self._case_slugs: set[str] = set()
+        self._warned_spacing = False
+
+    # -- shared bookkeeping ------------------------------------------------------------------
+    def _row(
+        self,
+        case_id: str,
+        modality: str,
+        concept: str,
+        protocol: str,
+        t: float,
+        pred: np.ndarray,
+        gt: np.ndarray,
+        spacing: Sequence[float],
+        prediction: Path,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        metrics = compute_all(pred, gt, spacing=spacing, tolerance_mm=self.options.nsd_tolerance)
+        unit = float(np.prod(spacing))
+        gt_n, pred_n = int(np.count_nonzero(gt)), int(np.count_nonzero(pred))
+        return {
+            "case_id": case_id,
+            "modality": modality,
+            "concept": concept,
+            "protocol": protocol,
+            "threshold": t,
+            "present": bool(gt_n),
+            **metrics,
+            "gt_size_px": gt_n,
+            "pred_size_px": pred_n,
+            "gt_size_mm": gt_n * unit,
+            "pred_size_mm": pred_n * unit,
+            "spacing_mm": " ".join(f"{s:g}" for s in spacing),
+            "prediction": prediction.relative_to(self.output_dir).as_posix(),
+            **extra,
+        }
+
+    def _prediction_path(self, protocol: str, t: float, case_slug: str, concept_slug: str, suffix: str) -> Path:
+        path = self.predictions_dir / protocol / _thr_dir(t) / case_slug / f"{concept_slug}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- 2D ------------------------------------------------------------------------------------
+    def evaluate_image(self, case: ImageCase, dataset: CocoSet) -> tuple[list[dict], dict[str, list[dict]]]:
+        """Rows for one COCO image (every protocol x category x threshold) and its COCO detections."""
+        opts = self.options
+        image = load_image2d(case.image_path, opts.window)
+        height, width = image.rgb.shape[:2]
+        info = dataset.coco.imgs[case.image_id]
+        if "height" not in info or "width" not in info:  # annToMask needs them; trust the file
+            info["height"], info["width"] = height, width
+        if (int(info["height"]), int(info["width"])) != (height, width):
+            raise CaseError(
+                f"{case.image_path} is {width}x{height} pixels but the annotation says {info['width']}x{info['height']}"
+            )
+        if image.spacing is None and not self._warned_spacing:
+            logger.info("2D images without pixel spacing (PNG/JPEG/TIFF) are scored at 1 mm per pixel")
+            self._warned_spacing = True
+        spacing = tuple(image.spacing) if image.spacing else (1.0, 1.0)
+        modality = case.modality or image.meta.get("modality") or "2D"
+        gts = {c: dataset.ground_truth(case, c) for c in case.categories}
+
+        plan = [(protocol, c) for protocol in opts.protocols for c in case.categories]
+        rows_in = [
+            (0, dataset.prompts[c], _box_row(largest_component_box(gts[c]) if protocol == "text+box" else None))
+            for protocol, c in plan
+        ]
+        dets = _predict_rows(self.predictor, [image.rgb], rows_in, opts.keep_threshold, opts.nms_iou)
+
+        case_slug = _slug_unique(case.case_id, self._case_slugs)
+        concept_slugs: dict[int, str] = {}
+        used: set[str] = set()
+        for c in case.categories:
+            concept_slugs[c] = _slug_unique(dataset.prompts[c], used)
+        rows, coco_results = [], defaultdict(list)
+        for (protocol, c), det in zip(plan, dets):
+            for t, pred in semantic_masks(det, opts.thresholds).items():
+                path = self._prediction_path(protocol, t, case_slug, concept_slugs[c], ".png")
+                Image.fromarray(pred.astype(np.uint8) * 255).save(path)
+                rows.append(
+                    self._row(
+                        case.case_id,
+                        modality,
+                        dataset.prompts[c],
+                        protocol,
+                        t,
+                        pred,
+                        gts[c],
+                        spacing,
+                        path,
+                        image=str(case.image_path),
+                        label="",
+                        category_id=c,
+                    )
+                )
+            if opts.coco_map:
+                coco_results[protocol] += [
+                    {"image_id": case.image_id, "category_id": c, "segmentation": encode_rle(m), "score": float(s)}
+                    for m, s in zip(det.masks, det.scores)
+                ]
+        return rows, coco_results
+
+    # -- 3D ------------------------------------------------------------------------------------
+    def evaluate_volume(self, case: VolumeCase, label_prompts: Mapping[int, str]) -> list[dict]:
+        """Rows for one volume: slice-wise batched inference, 3D metrics with the volume's spacing."""
+        opts = self.options
+        if case.problem:
+            raise CaseError(case.problem)
+        volume = load_volume(case.image_path, opts.window)
+        labels = read_label_map(case.label_path, volume)
+        present = {v: bool(np.any(labels == v)) for v in label_prompts}
+        concepts = [v for v in label_prompts if present[v] or opts.include_absent]
+        if not concepts:
+            logger.warning(
+                "%s: none of the labels %s occurs in %s; nothing to evaluate",
+                case.case_id,
+                sorted(label_prompts),
+                case.label_path,
+            )
+            return []
+        geo = volume.slice_geometry(opts.axis)
+        n_slices = volume.num_slices(opts.axis)
+        preds = {
+            (protocol, v, t): np.zeros(volume.shape, dtype=bool)
+            for protocol in opts.protocols
+            for v in concepts
+            for t in opts.thresholds
+        }
+        index: list[Any] = [slice(None)] * 3
+        per_pass = opts.slice_batch or default_slice_batch(self.predictor.device)
+        starts = range(0, n_slices, per_pass)
+        for start in tqdm(starts, desc=f"{case.case_id} slices", unit="batch", leave=False, disable=None):
+            ks = list(range(start, min(n_slices, start + per_pass)))
+            images = [volume.slice_rgb(k, opts.axis) for k in ks]
+            label_slices = [geo.to_display(np.take(labels, k, axis=geo.axis)) for k in ks]
+            plan, rows_in = [], []
+            for i in range(len(ks)):
+                for protocol in opts.protocols:
+                    for v in concepts:
+                        box = largest_component_box(label_slices[i] == v) if protocol == "text+box" else None
+                        plan.append((i, protocol, v))
+                        rows_in.append((i, label_prompts[v], _box_row(box)))
+            dets = _predict_rows(self.predictor, images, rows_in, opts.keep_threshold, opts.nms_iou)
+            for (i, protocol, v), det in zip(plan, dets):
+                index[geo.axis] = ks[i]
+                for t, mask in semantic_masks(det, opts.thresholds).items():
+                    preds[(protocol, v, t)][tuple(index)] = geo.from_display(mask)
+
+        case_slug = _slug_unique(case.case_id, self._case_slugs)
+        used: set[str] = set()
+        concept_slugs = {v: _slug_unique(label_prompts[v], used) for v in concepts}
+        modality = case.modality or volume.modality or "3D"
+        rows = []
+        for (protocol, v, t), pred in preds.items():
+            path = self._prediction_path(protocol, t, case_slug, concept_slugs[v], ".nii.gz")
+            save_label_map(pred.astype(np.uint8), volume, path, dtype=np.uint8)
+            rows.append(
+                self._row(
+                    case.case_id,
+                    modality,
+                    label_prompts[v],
+                    protocol,
+                    t,
+                    pred,
+                    labels == v,
+                    volume.spacing,
+                    path,
+                    image=str(case.image_path),
+                    label=v,
+                    category_id="",
+                )
+            )
+        return rows
+
+    # -- driver --------------------------------------------------------------------------------
+    def run(self, coco: CocoSet | None = None, volumes: VolumeSet | None = None) -> EvaluationReport:
+        """Evaluate every case; a failing case is logged and listed, never fatal."""
+        report = EvaluationReport(options=self.options)
+        jobs: list[tuple[str, Any]] = [("2d", c) for c in (coco.cases if coco else [])]
+        jobs += [("3d", c) for c in (volumes.cases if volumes else [])]
+        if not jobs:
+            raise EvaluationError("no cases to evaluate: give a COCO set and/or volumes")
+        report.n_cases = len(jobs)
+        evaluated_images: list[int] = []
+        coco_results: dict[str, list[dict]] = {p: [] for p in self.options.protocols}
+        for kind, case in tqdm(jobs, desc="evaluating", unit="case", disable=None):
+            try:
+                if kind == "2d":
+                    rows, results = self.evaluate_image(case, coco)
+                    evaluated_images.append(case.image_id)
+                    for protocol, dets in results.items():
+                        coco_results[protocol] += dets
+                else:
+                    rows = self.evaluate_volume(case, volumes.label_prompts)
+            except (CaseError, ImageReadError, OSError, ValueError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                logger.error("case %s failed: %s", case.case_id, reason)
+                logger.debug("case %s traceback", case.case_id, exc_info=True)
+                report.failures.append({"case": str(case.case_id), "path": str(case.image_path), "reason": reason})
+                continue
+            report.rows += rows
+        if self.options.coco_map and coco is not None:
+            report.coco_map = {
+                p: coco_instance_metrics(coco, coco_results[p], evaluated_images) for p in self.options.protocols
+            }
+        return report
+
+
+# --------------------------------------------------------------------------------------------- #
+# Instance metrics (COCO AP)
+# --------------------------------------------------------------------------------------------- #
+def coco_instance_metrics(dataset: CocoSet, results: list[dict], image_ids: Sequence[int]) -> dict[str, Any]:
+    """COCO ``segm`` AP and AP50, overall and per concept, over the evaluated images and concepts.
+
+    Detections are those above the lowest threshold (after NMS). Without ``include_absent`` the model
+    was only asked about categories present in each image, so AP sees no false positives on images
+    without the concept.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    cat_ids = sorted(dataset.prompts)
+    out: dict[str, Any] = {"n_detections": len(results), "n_images": len(image_ids)}
+    if not image_ids:
+        return {**out, "AP": None, "AP50": None, "per_concept": {}}
+    if not results:
+        return {
+            **out,
+            "AP": 0.0,
+            "AP50": 0.0,
+            "per_concept": {dataset.prompts[c]: {"AP": 0.0, "AP50": 0.0} for c in cat_ids},
+        }
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        dt = dataset.coco.loadRes(copy.deepcopy(results))
+        ev = COCOeval(dataset.coco, dt, "segm")
+        ev.params.imgIds = list(image_ids)
+        ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    logger.debug("COCOeval:\n%s", log.getvalue())
+
+    def _ap(precision: np.ndarray) -> float | None:
+        valid = precision[precision > -1]
+        return float(valid.mean()) if valid.size else None
+
+    prec = ev.eval["precision"]  # [iou thresholds, recall, category, area range, max dets]
+    per = {
+        dataset.prompts[c]: {"AP": _ap(prec[:, :, k, 0, -1]), "AP50": _ap(prec[0, :, k, 0, -1])}
+        for k, c in enumerate(cat_ids)
+    }
+    stat = lambda v: None if v < 0 else float(v)  # noqa: E731 - COCOeval says -1 for "no ground truth"
+    return {**out, "AP": stat(ev.stats[0]), "AP50": stat(ev.stats[1]), "per_concept": per}

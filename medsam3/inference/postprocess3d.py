@@ -1,0 +1,57 @@
+"""3D clean-up of per-prompt binary volumes: keep the largest connected component, fill holes.
+
+Both are scipy.ndimage operations on the whole volume (not slice by slice), so a structure
+that a few slices missed or split stays one object. Connectivity is 26 (faces, edges and
+corners) by default, as most 3D tools use; ``connectivity=1`` gives 6-connectivity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["clean_mask", "fill_holes", "keep_largest_component", "voxel_volume_ml"]
+
+
+def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    connectivity = ndim if connectivity is None else connectivity
+    if not 1 <= connectivity <= ndim:
+        raise ValueError(f"connectivity must be in 1..{ndim} for a {ndim}D mask, got {connectivity}")
+    return ndimage.generate_binary_structure(ndim, connectivity)
+
+
+def keep_largest_component(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+    """The largest connected component of ``mask`` (bool, same shape); an empty mask stays empty.
+
+    Ties (two components of the same size) keep the one with the lowest label, i.e. the first in
+    C order, so the result is deterministic.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=_structure(mask.ndim, connectivity))
+    if n <= 1:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill cavities enclosed in 3D (background not connected to the volume's border)."""
+    return ndimage.binary_fill_holes(np.asarray(mask, dtype=bool))
+
+
+def clean_mask(
+    mask: np.ndarray, largest_component: bool = False, holes: bool = False, connectivity: int | None = None
+) -> np.ndarray:
+    """Apply the chosen steps: largest component first, then hole filling."""
+    out = np.asarray(mask, dtype=bool)
+    if largest_component:
+        out = keep_largest_component(out, connectivity)
+    if holes:
+        out = fill_holes(out)
+    return out
+
+
+def voxel_volume_ml(spacing) -> float:
+    """Volume of one voxel in millilitres from its spacing in mm (1 ml = 1000 mm^3)."""
+    return float(np.prod([float(s) for s in spacing])) / 1000.0

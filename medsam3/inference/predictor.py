@@ -1,0 +1,351 @@
+"""Predictor: embed an image once, then answer any number of text prompts against it.
+
+The vision encoder is ~90% of a SAM3 forward, so ``set_image`` runs it once and ``predict``
+runs only the text, geometry, DETR and mask parts, for many prompts in batched passes over the
+cached features (expanded, not copied). Text embeddings are cached per prompt string.
+
+Text-only prompts carry one padding box (label -10): transformers then runs the geometry
+encoder, whose learned CLS token Meta's reference always appends. MedSAM3-v1 was trained with
+it; without it logits move by ~0.05 and masks by ~0.8 (DESIGN.md, "Geometry CLS").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Sam3Processor
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+from ..config import Config
+from ..model import resolve_device, unwrap
+from .postprocess import Detections, detection_scores, postprocess_query_outputs
+
+__all__ = [
+    "ImageInput",
+    "Predictor",
+    "PAD_BOX",
+    "PAD_LABEL",
+    "TEXT_MAX_LENGTH",
+    "padding_geometry",
+    "select_vision",
+    "tokenize_prompts",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[np.ndarray, Image.Image, str, Path]
+PAD_BOX = (0.5, 0.5, 0.1, 0.1)  # cxcywh, ignored by attention: it only makes the geometry CLS run
+PAD_LABEL = -10
+TEXT_MAX_LENGTH = 32  # what Sam3Processor pads prompts to
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` padded to SAM3's text length (inference and training alike)."""
+    tokens = tokenizer(
+        list(prompts), padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt"
+    )
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def padding_geometry(rows: int, slots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slots`` padding boxes per row: with them a text-only prompt gets the geometry CLS (DESIGN.md)."""
+    boxes = torch.tensor([PAD_BOX], dtype=torch.float32).repeat(rows, slots, 1)
+    labels = torch.full((rows, slots), PAD_LABEL, dtype=torch.long)
+    return boxes, labels
+
+
+def select_vision(vision: Sam3VisionEncoderOutput, image_index) -> Sam3VisionEncoderOutput:
+    """The vision features of ``image_index[i]`` for each prompt row ``i``.
+
+    One image: its features are broadcast (``expand``, no copy); several: gathered per row.
+    """
+    first = vision.fpn_hidden_states[0]
+    if first.shape[0] == 1:
+        pick = lambda t: t.expand(len(image_index), *t.shape[1:])  # noqa: E731
+    else:
+        idx = torch.as_tensor(image_index, device=first.device)
+        pick = lambda t: t.index_select(0, idx)  # noqa: E731
+    return Sam3VisionEncoderOutput(
+        fpn_hidden_states=tuple(pick(t) for t in vision.fpn_hidden_states),
+        fpn_position_encoding=tuple(pick(t) for t in vision.fpn_position_encoding),
+    )
+
+
+_TEXT_CACHE_SIZE = 512
+
+
+def to_rgb_array(image: ImageInput) -> np.ndarray:
+    """(H, W, 3) uint8 from an array, a PIL image or a path (paths go through :mod:`medsam3.io`)."""
+    if isinstance(image, (str, Path)):
+        from ..io import read_rgb
+
+        return read_rgb(image)
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))  # a copy: torch warns on read-only arrays
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, a PIL image or a path, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"image array has dtype {image.dtype}; pass uint8 RGB, or scale it first "
+            f"(medsam3.io applies CT windows / percentile scaling to medical intensities)"
+        )
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return np.array(image[:, :, :3], order="C")  # a writable copy (np.asarray(PIL) is read-only)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    raise ValueError(f"image array has shape {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+
+
+def _is_box_list(obj) -> bool:
+    """True for one list of boxes ((K, 4) or a single (4,)), as opposed to one list per prompt.
+
+    A per-prompt list may hold ``None`` ("no boxes for this prompt"): ``[None] * 4`` is four
+    prompts without boxes, not one box of four NaN coordinates.
+    """
+    if not isinstance(obj, np.ndarray) and any(item is None for item in obj):
+        return False
+    try:
+        arr = np.asarray(obj, dtype=np.float32)
+    except (ValueError, TypeError):
+        return False
+    return (arr.ndim == 2 and arr.shape[1] == 4) or arr.shape == (4,)
+
+
+def _normalise_boxes(boxes, labels, n_prompts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per prompt: (K, 4) xyxy pixel boxes and (K,) labels (1 positive, 0 negative exemplar)."""
+    if boxes is None or (not isinstance(boxes, np.ndarray) and len(boxes) == 0):
+        boxes, labels = [None] * n_prompts, None
+    elif _is_box_list(boxes):  # one set of boxes shared by every prompt
+        boxes, labels = [boxes] * n_prompts, [labels] * n_prompts
+    if labels is None:
+        labels = [None] * n_prompts
+    if len(boxes) != n_prompts or len(labels) != n_prompts:
+        raise ValueError(f"got boxes for {len(boxes)} prompts but {n_prompts} prompts")
+    out = []
+    for b, lab in zip(boxes, labels):
+        b = np.zeros((0, 4), np.float32) if b is None else np.asarray(b, dtype=np.float32).reshape(-1, 4)
+        if np.any(b[:, 2] <= b[:, 0]) or np.any(b[:, 3] <= b[:, 1]):
+            raise ValueError(f"boxes must be x1 y1 x2 y2 with x2 > x1 and y2 > y1, got {b.tolist()}")
+        lab = np.ones(len(b), np.int64) if lab is None else np.asarray(lab, dtype=np.int64).reshape(-1)
+        if len(lab) != len(b) or not np.isin(lab, (0, 1)).all():
+            raise ValueError(f"box labels must be 1 (positive) or 0 (negative), one per box; got {lab.tolist()}")
+        out.append((b, lab))
+    return out
+
+
+class Predictor:
+    """Text-prompted SAM3 (+ LoRA) on one image at a time, many prompts per image.
+
+    >>> predictor = Predictor.from_config(load_config("configs/full_lora_config.yaml"))
+    >>> predictor.set_image("scan.png")
+    >>> liver, tumour = predictor.predict(["liver", "liver tumor"], threshold=0.5)
+    >>> liver.masks.shape   # (N, H, W) bool at the original resolution
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Sam3Processor,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        prompt_batch_size: int = 16,
+    ):
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = unwrap(model).to(self.device).eval()
+        self.processor = processor
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.prompt_batch_size = prompt_batch_size
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._vision: Sam3VisionEncoderOutput | None = None
+        self._size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, weights: str | None = None, device: str | None = None, precision: str | None = None
+    ) -> "Predictor":
+        """Base model + adapter as the config (or ``weights``) says; see :func:`medsam3.adapters.loading.load_model`."""
+        from ..adapters.loading import load_model
+
+        model, processor, origin = load_model(cfg, weights)
+        logger.info("adapter: %s", origin)
+        predictor = cls(
+            model, processor, device=device or cfg.hardware.device, precision=precision or cfg.hardware.precision
+        )
+        predictor.adapter_origin = origin
+        return predictor
+
+    # -- internals -----------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _pixel_values(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[ImageInput]) -> tuple[Sam3VisionEncoderOutput, list[tuple[int, int]]]:
+        """One vision pass over a batch of images; returns the features and the original sizes."""
+        arrays = [to_rgb_array(im) for im in images]
+        with self._autocast():
+            vision = self.model.get_vision_features(pixel_values=self._pixel_values(arrays))
+        return vision, [a.shape[:2] for a in arrays]
+
+    @torch.inference_mode()
+    def _text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            tokens = {k: v.to(self.device) for k, v in tokenize_prompts(self.processor.tokenizer, missing).items()}
+            with self._autocast():
+                feats = self.model.get_text_features(
+                    input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+                ).pooler_output
+            for i, p in enumerate(missing):
+                self._text_cache[p] = (feats[i : i + 1], tokens["attention_mask"][i : i + 1])
+                if len(self._text_cache) > _TEXT_CACHE_SIZE:
+                    self._text_cache.popitem(last=False)
+        embeds = torch.cat([self._text_cache[p][0] for p in prompts])
+        mask = torch.cat([self._text_cache[p][1] for p in prompts])
+        return embeds, mask
+
+    def clear_cache(self) -> None:
+        """Forget cached text embeddings (call after changing the model's weights)."""
+        self._text_cache.clear()
+
+    def _geometry(self, rows_boxes: list[tuple[np.ndarray, np.ndarray]], sizes: list[tuple[int, int]]):
+        k = max(1, max(len(b) for b, _ in rows_boxes))
+        boxes, labels = padding_geometry(len(rows_boxes), k)
+        for i, ((b, lab), (h, w)) in enumerate(zip(rows_boxes, sizes)):
+            if len(b):
+                xyxy = torch.from_numpy(b) / torch.tensor([w, h, w, h], dtype=torch.float32)
+                cxcywh = torch.stack(
+                    [
+                        (xyxy[:, 0] + xyxy[:, 2]) / 2,
+                        (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                        xyxy[:, 2] - xyxy[:, 0],
+                        xyxy[:, 3] - xyxy[:, 1],
+                    ],
+                    dim=1,
+                )
+                boxes[i, : len(b)] = cxcywh.clamp(0, 1)
+                labels[i, : len(b)] = torch.from_numpy(lab)
+        return boxes.to(self.device), labels.to(self.device)
+
+    @torch.inference_mode()
+    def forward_rows(
+        self,
+        vision: Sam3VisionEncoderOutput,
+        image_index: list[int],
+        prompts: list[str],
+        rows_boxes: list[tuple[np.ndarray, np.ndarray]],
+        sizes: list[tuple[int, int]],
+    ):
+        """Raw SAM3 outputs for rows (image, prompt, boxes) in one batched pass over cached features."""
+        text_embeds, text_mask = self._text(prompts)
+        input_boxes, input_labels = self._geometry(rows_boxes, [sizes[i] for i in image_index])
+        with self._autocast():
+            return self.model(
+                vision_embeds=select_vision(vision, image_index),
+                text_embeds=BaseModelOutputWithPooling(pooler_output=text_embeds),
+                attention_mask=text_mask,
+                input_boxes=input_boxes,
+                input_boxes_labels=input_labels,
+            )
+
+    def _decode(
+        self,
+        vision,
+        sizes,
+        rows: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]],
+        threshold: float,
+        nms_iou: float | None,
+    ) -> list[Detections]:
+        results: list[Detections] = []
+        for start in range(0, len(rows), self.prompt_batch_size):
+            chunk = rows[start : start + self.prompt_batch_size]
+            out = self.forward_rows(vision, [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], sizes)
+            scores = detection_scores(out.pred_logits, out.presence_logits)
+            for j, (image_i, prompt, _) in enumerate(chunk):
+                results.append(
+                    postprocess_query_outputs(
+                        prompt, scores[j], out.pred_boxes[j], out.pred_masks[j], sizes[image_i], threshold, nms_iou
+                    )
+                )
+        return results
+
+    @staticmethod
+    def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompt given; pass at least one text prompt such as 'liver'")
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"empty prompt {p!r}; every prompt must be non-empty text")
+        return prompts
+
+    # -- public API ----------------------------------------------------------------------------
+    def set_image(self, image: ImageInput) -> None:
+        """Run the vision encoder once for ``image`` (array, PIL image or path)."""
+        self._vision, (self._size,) = self.encode_images([image])
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(height, width) of the current image."""
+        return self._size
+
+    def predict(
+        self,
+        prompts: str | Sequence[str],
+        boxes=None,
+        box_labels=None,
+        threshold: float = 0.5,
+        nms_iou: float | None = 0.5,
+    ) -> list[Detections]:
+        """Detections for each prompt on the image given to :meth:`set_image`.
+
+        ``boxes``: optional exemplar boxes (xyxy, pixels), either one list shared by all prompts
+        or one list per prompt; ``box_labels`` 1 (positive, default) or 0 (negative) per box.
+        """
+        if self._vision is None:
+            raise RuntimeError("call set_image(image) before predict(...)")
+        prompts = self._check_prompts(prompts)
+        per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
+        rows = [(0, p, b) for p, b in zip(prompts, per_prompt_boxes)]
+        return self._decode(self._vision, [self._size], rows, threshold, nms_iou)
+
+    def predict_images(
+        self,
+        images: Sequence[ImageInput],
+        prompts: str | Sequence[str],
+        boxes=None,
+        box_labels=None,
+        threshold: float = 0.5,
+        nms_iou: float | None = 0.5,
+    ) -> list[list[Detections]]:
+        """All prompts on each of several images with one batched vision pass (e.g. volume slices).
+
+        ``boxes`` / ``box_labels`` as in :meth:`predict` (pixels of each image), applied to every
+        image. Returns one list of :class:`Detections` per image, in prompt order.
+        """
+        prompts = self._check_prompts(prompts)
+        if len(images) == 0:
+            return []
+        per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
+        vision, sizes = self.encode_images(images)
+        rows = [(i, p, b) for i in range(len(sizes)) for p, b in zip(prompts, per_prompt_boxes)]
+        flat = self._decode(vision, sizes, rows, threshold, nms_iou)
+        return [flat[i * len(prompts) : (i + 1) * len(prompts)] for i in range(len(sizes))]

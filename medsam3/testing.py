@@ -1,0 +1,139 @@
+"""A tiny random SAM3 checkpoint (same architecture, ~0.3M parameters) for tests and benchmarks.
+
+The hub is unreachable in tests and CI, so they build this, ``save_pretrained`` it with a
+processor and a small CLIP tokenizer, and load it through the same code path as a real
+checkpoint (``model.name: <dir>``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+__all__ = ["TINY_RESOLUTION", "tiny_sam3_config", "tiny_tokenizer", "build_tiny_checkpoint", "random_sam3"]
+
+TINY_RESOLUTION = 112
+_TEXT_CONTEXT = 32  # Sam3Processor pads prompts to 32 tokens
+
+
+def tiny_sam3_config(resolution: int = TINY_RESOLUTION, hidden: int = 32, vocab_size: int = 1024) -> Sam3Config:
+    """SAM3 with every part present but 1-2 layers and ``hidden`` channels."""
+    grid = resolution // 14
+    tokenizer = tiny_tokenizer()
+    return Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam3_vit_model",
+                hidden_size=hidden,
+                intermediate_size=2 * hidden,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=resolution,
+                patch_size=14,
+                window_size=grid // 2,
+                global_attn_indexes=[1],
+                pretrain_image_size=resolution,
+            ),
+            fpn_hidden_size=hidden,
+            backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2],
+        ),
+        text_config=dict(
+            model_type="clip_text_model",
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            projection_dim=hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=_TEXT_CONTEXT,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        geometry_encoder_config=dict(
+            hidden_size=hidden, num_layers=1, num_attention_heads=2, intermediate_size=2 * hidden, roi_size=3
+        ),
+        detr_encoder_config=dict(hidden_size=hidden, num_layers=1, num_attention_heads=2, intermediate_size=2 * hidden),
+        detr_decoder_config=dict(
+            hidden_size=hidden, num_layers=2, num_queries=16, num_attention_heads=2, intermediate_size=2 * hidden
+        ),
+        mask_decoder_config=dict(hidden_size=hidden, num_attention_heads=2),
+    )
+
+
+def tiny_tokenizer(words: tuple[str, ...] = ("liver", "tumor", "lesion", "kidney", "spleen")) -> CLIPTokenizer:
+    """A byte-level CLIP BPE tokenizer with whole-word merges for a few medical words."""
+    chars = sorted(set(bytes_to_unicode().values()))
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        left = word[0]
+        for i, ch in enumerate(word[1:], start=1):
+            right = ch + ("</w>" if i == len(word) - 1 else "")
+            merges.append((left, right))
+            left = left + right
+            vocab.setdefault(left, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, resolution: int = TINY_RESOLUTION) -> Path:
+    """Write a loadable tiny SAM3 checkpoint + processor to ``out_dir`` and return it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_tokenizer()
+    config = tiny_sam3_config(resolution)
+    torch.manual_seed(seed)
+    model = Sam3Model(config).eval()
+    model.save_pretrained(out_dir)
+    image_processor = Sam3ImageProcessor(size={"height": resolution, "width": resolution})
+    processor = Sam3Processor(image_processor=image_processor, tokenizer=tokenizer)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def random_sam3(size: str = "tiny", resolution: int | None = None, seed: int = 0) -> tuple[Sam3Model, Sam3Processor]:
+    """A SAM3 with random weights, ``"tiny"`` or ``"full"`` (SAM3's own architecture), for benchmarks.
+
+    Timing and memory depend on the architecture and resolution, not on the weights, so the
+    full-size model measures what the released checkpoint would cost without the hub.
+    """
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    res = resolution or (TINY_RESOLUTION if size == "tiny" else 1008)
+    config = tiny_sam3_config(res) if size == "tiny" else Sam3Config()
+    config.image_size = res
+    torch.manual_seed(seed)
+    model = Sam3Model(config).eval()
+    processor = Sam3Processor(Sam3ImageProcessor(size={"height": res, "width": res}), tiny_tokenizer())
+    return model, processor
+
+
+def _demo_image(path: Path) -> Path:
+    """A synthetic grayscale 'scan' (bright organ-like ellipse, dark lesion) for smoke runs."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[:256, :320]
+    img = np.full((256, 320), 60, np.uint8)
+    img[((yy - 128) / 90) ** 2 + ((xx - 150) / 120) ** 2 < 1] = 150
+    img[((yy - 110) / 20) ** 2 + ((xx - 190) / 25) ** 2 < 1] = 90
+    Image.fromarray(img).save(path)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny_sam3")
+    build_tiny_checkpoint(target)
+    _demo_image(target / "demo.png")
+    sys.stdout.write(f"tiny random SAM3 checkpoint and demo.png written to {target}\n")

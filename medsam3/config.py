@@ -70,6 +70,9 @@ class ModelConfig:
     SAM3, or null to auto-detect ``output.output_dir/best_lora_weights*`` (upstream behaviour)."""
     resolution: Optional[int] = field(default=None, metadata=_range(14))
     """Input size in pixels (multiple of 14); null keeps the checkpoint's own (1008 for facebook/sam3)."""
+    ignore_trained_base: bool = False
+    """Apply an adapter whose run also trained the base model (training.train_base_model) to another base
+    anyway. Off: such an adapter is refused with the name of the full model (best_model/) that belongs to it."""
 
 
 @dataclass
@@ -287,12 +290,21 @@ def _build_section(cls: type, raw: Any, origin: str, section: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_top_level(raw: Any, origin: str) -> dict:
+    """An empty document means the defaults; anything but a mapping (a list, a scalar) is an error."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: the top level must be a mapping with sections {list(_public_fields(Config))}, "
+            f"got a {type(raw).__name__}"
+        )
+    return raw
+
+
 def config_from_dict(raw: dict, origin: str = "<config>") -> Config:
     """Validate a nested dict (the YAML layout) into a :class:`Config`."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: the top level must be a mapping with sections {list(_public_fields(Config))}")
+    raw = _check_top_level(raw, origin)
     sections = _public_fields(Config)
     hints = typing.get_type_hints(Config)
     built = {}
@@ -334,7 +346,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
     """Apply ``section.key=value`` strings to a raw nested dict (values parsed as YAML)."""
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in _check_top_level(raw, "--set").items()}
     for item in overrides:
         (section, key), value = _parse_override(item)
         node = raw.setdefault(section, {})
@@ -360,7 +372,8 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    raw = _check_top_level(raw, origin)  # before the overrides, which must not paper over a bad file
     if overrides:
         origin += " (with --set overrides)"
-        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
+        raw = apply_overrides(raw, overrides)
     return config_from_dict(raw, origin)

@@ -13,7 +13,16 @@ import torch
 from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-__all__ = ["TINY_RESOLUTION", "tiny_sam3_config", "tiny_tokenizer", "build_tiny_checkpoint", "random_sam3"]
+__all__ = [
+    "TINY_RESOLUTION",
+    "build_tiny_checkpoint",
+    "build_tiny_video_checkpoint",
+    "random_sam3",
+    "random_sam3_video",
+    "tiny_sam3_config",
+    "tiny_sam3_video_config",
+    "tiny_tokenizer",
+]
 
 TINY_RESOLUTION = 112
 _TEXT_CONTEXT = 32  # Sam3Processor pads prompts to 32 tokens
@@ -115,6 +124,74 @@ def random_sam3(size: str = "tiny", resolution: int | None = None, seed: int = 0
     model = Sam3Model(config).eval()
     processor = Sam3Processor(Sam3ImageProcessor(size={"height": res, "width": res}), tiny_tokenizer())
     return model, processor
+
+
+def tiny_sam3_video_config(resolution: int = TINY_RESOLUTION, hidden: int = 128, num_queries: int = 4):
+    """SAM3's video model (detector + tracker) scaled down like :func:`tiny_sam3_config`.
+
+    transformers' tracker needs ``hidden`` above its 64-channel memory (it splits object pointers
+    into 64-wide tokens), hence 128 here rather than the image model's 32.
+    """
+    from transformers import Sam3TrackerVideoConfig, Sam3VideoConfig
+
+    detector = tiny_sam3_config(resolution, hidden=hidden)
+    detector.detr_decoder_config.num_queries = num_queries
+    tracker = Sam3TrackerVideoConfig(
+        vision_config=detector.vision_config.to_dict(),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=resolution, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=hidden,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=2 * hidden,
+        memory_encoder_hidden_size=hidden,
+        mask_downsampler_embed_dim=hidden,
+        memory_fuser_embed_dim=hidden,
+        memory_fuser_intermediate_dim=2 * hidden,
+        image_size=resolution,
+    )
+    config = Sam3VideoConfig(detector_config=detector.to_dict(), tracker_config=tracker.to_dict())
+    config.image_size = resolution
+    return config
+
+
+def build_tiny_video_checkpoint(out_dir: str | Path, seed: int = 0, resolution: int = TINY_RESOLUTION) -> Path:
+    """Write a loadable tiny SAM3 *video* checkpoint (detector + tracker) + processor to ``out_dir``.
+
+    Like facebook/sam3 it also loads as an image model: ``Sam3Model.from_pretrained`` takes the
+    detector (``detector_model.*`` weights) from it, so image and video paths share one checkpoint.
+    """
+    from transformers import Sam2VideoVideoProcessor, Sam3VideoModel, Sam3VideoProcessor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    Sam3VideoModel(tiny_sam3_video_config(resolution)).eval().save_pretrained(out_dir)
+    image_processor = Sam3ImageProcessor(size={"height": resolution, "width": resolution})
+    video_processor = Sam2VideoVideoProcessor(
+        size={"height": resolution, "width": resolution},
+        image_mean=image_processor.image_mean,
+        image_std=image_processor.image_std,
+    )
+    Sam3VideoProcessor(image_processor, video_processor, tiny_tokenizer()).save_pretrained(out_dir)
+    return out_dir
+
+
+def random_sam3_video(size: str = "tiny", resolution: int | None = None, seed: int = 0):
+    """A SAM3 video model with random weights, ``"tiny"`` or ``"full"`` (SAM3's own architecture), and its processor."""
+    from transformers import Sam2VideoVideoProcessor, Sam3VideoConfig, Sam3VideoModel, Sam3VideoProcessor
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    res = resolution or (TINY_RESOLUTION if size == "tiny" else 1008)
+    config = tiny_sam3_video_config(res) if size == "tiny" else Sam3VideoConfig()
+    config.image_size = res
+    torch.manual_seed(seed)
+    model = Sam3VideoModel(config).eval()
+    image_processor = Sam3ImageProcessor(size={"height": res, "width": res})
+    video_processor = Sam2VideoVideoProcessor(
+        size={"height": res, "width": res}, image_mean=image_processor.image_mean, image_std=image_processor.image_std
+    )
+    return model, Sam3VideoProcessor(image_processor, video_processor, tiny_tokenizer())
 
 
 def _demo_image(path: Path) -> Path:

@@ -40,7 +40,12 @@ def run_mode(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = load_config(REPO / "configs" / "full_lora_config.yaml")
-    config = Sam3Config()
+    if args.model == "tiny":  # the same code path in seconds (scripts/device_check.sh --quick)
+        from medsam3.testing import tiny_sam3_config
+
+        config = tiny_sam3_config(args.resolution)
+    else:
+        config = Sam3Config()
     config.image_size = args.resolution
     config.vision_config.backbone_config.image_size = args.resolution
     t0 = time.perf_counter()
@@ -110,6 +115,7 @@ def run_mode(args: argparse.Namespace) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="full", choices=["full", "tiny"], help="full-size SAM3 (default) or tiny")
     p.add_argument("--resolution", type=int, default=336, help="multiple of 14 (1008 = SAM3's own)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--queries", type=int, default=4, help="prompts per image (1 positive + negatives)")
@@ -117,6 +123,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="CUDA only")
     p.add_argument("--modes", default="off,on", help="gradient checkpointing modes to run: off,on")
+    p.add_argument("--json", help="also write the figures to this JSON file (scripts/device_check.sh)")
     p.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -133,6 +140,8 @@ def main() -> int:
             "--child",
             "--device",
             args.device,
+            "--model",
+            args.model,
             "--resolution",
             str(args.resolution),
             "--batch-size",
@@ -165,6 +174,9 @@ def main() -> int:
             f"{r['seconds_per_step']} s/step (steps {r['step_times']}), {mem}, "
             f"{r['trainable_params']:,} LoRA params\n"
         )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
     return 0
 
 

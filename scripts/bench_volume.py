@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 from transformers import Sam3Model, Sam3Processor
 
 from medsam3.config import ModelConfig
-from medsam3.inference.predictor import PAD_BOX, PAD_LABEL, Predictor
+from medsam3.inference.predictor import PAD_BOX, PAD_LABEL, Predictor, select_vision
 from medsam3.inference.volume import segment_volume
 from medsam3.io import Volume, choose_intensity
 from medsam3.model import load_base_model, resolve_device
@@ -84,6 +85,7 @@ def main() -> None:
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--json", help="also write the figures to this JSON file (scripts/device_check.sh)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     device = resolve_device(args.device)
@@ -113,9 +115,10 @@ def main() -> None:
         image = volume.slice_rgb(k)
         for prompt in prompts:
             inputs = processor(images=image, text=[prompt], return_tensors="pt").to(device)
-            with autocast:
+            with autocast:  # vision pass + the rest, as Sam3Model.forward(pixel_values=...) does; see select_vision
+                vision = predictor.model.get_vision_features(pixel_values=inputs["pixel_values"])
                 predictor.model(
-                    pixel_values=inputs["pixel_values"],
+                    vision_embeds=select_vision(vision, [0]),
                     input_ids=inputs["input_ids"],
                     attention_mask=inputs["attention_mask"],
                     input_boxes=torch.tensor([[PAD_BOX]], device=device),
@@ -179,6 +182,23 @@ def main() -> None:
         )
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if args.json:
+        figures = {
+            "model": args.model,
+            "resolution": res,
+            "device": str(device),
+            "precision": "bf16" if predictor.autocast_dtype else "fp32",
+            "slices": args.slices,
+            "prompts": len(prompts),
+            "batch_size": args.batch_size,
+            "batched_slices_per_s": round(args.slices / t_b, 4),
+            "one_slice_slices_per_s": round(args.slices / t_1, 4),
+            "upstream_slices_per_s": round(n_up / t_up, 4) if n_up else None,
+            "label_agreement": agree,
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        }
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=2)
 
 
 if __name__ == "__main__":

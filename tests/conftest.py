@@ -38,6 +38,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_sam3"))
 
 
+@pytest.fixture(scope="session")
+def tiny_video_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM3 *video* checkpoint (detector + tracker); it also loads as an image model."""
+    from medsam3.testing import build_tiny_video_checkpoint
+
+    return build_tiny_video_checkpoint(tmp_path_factory.mktemp("tiny_sam3_video"))
+
+
 def write_config(path: Path, model_name: str | Path, **sections) -> Path:
     """The shipped config with model.name pointed at a local checkpoint, plus overrides per section."""
     raw = yaml.safe_load(FULL_CONFIG.read_text())

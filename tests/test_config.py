@@ -48,6 +48,22 @@ def test_bad_config_names_file_and_key(tmp_path, text, expected):
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["- model\n- lora\n", "42\n", "just a sentence\n"])
+@pytest.mark.parametrize("overrides", [[], ["lora.rank=8"]])
+def test_a_config_that_is_not_a_mapping_is_an_error_with_or_without_set(tmp_path, text, overrides):
+    path = tmp_path / "notamapping.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="the top level must be a mapping") as err:
+        load_config(path, overrides)
+    assert str(path) in str(err.value)
+
+
+def test_an_empty_config_file_means_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    assert load_config(path, ["lora.rank=8"]).lora.rank == 8
+
+
 def test_bad_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'training.batch_size'"):
         load_config(FULL_CONFIG, ["training.batchsize=4"])

@@ -1,10 +1,8 @@
-"""Where the LoRA adapter comes from: a path, the training output dir, the hub, or nowhere.
+"""Base SAM3 plus the adapter a config or ``--weights`` selects: the one load entry.
 
-``--weights`` / ``model.lora_weights`` accepts
-- ``none``: plain SAM3;
-- nothing (null): upstream's auto-detect, ``<output.output_dir>/best_lora_weights*``;
-- a local PEFT adapter directory, a ``.safetensors`` file, or an upstream MedSAM3 ``.pt``;
-- a hub reference ``owner/repo[:file][@revision]`` (see :mod:`medsam3.adapters.hub`).
+What is loaded is settled first, without torch (:mod:`.sources`: auto-detection, full models,
+trained-base adapters, the demo, whether the hub is usable); then the adapter is read and
+validated, then the multi-GB base model loads, then the adapter is applied strictly.
 """
 
 from __future__ import annotations
@@ -17,50 +15,24 @@ from transformers import Sam3Processor
 
 from ..config import Config
 from ..model import load_base_model
-from .peft_format import AdapterError, AdapterWeights, apply_adapter, read_peft_adapter
+from .errors import AdapterError
+from .hub import looks_like_hub_ref, prepare_hub
+from .peft_format import AdapterWeights, apply_adapter, read_peft_adapter
+from .sources import AUTO_NAMES, find_trained_adapter, resolve_sources
 
 __all__ = ["AUTO_NAMES", "find_trained_adapter", "load_model", "read_adapter"]
 
 logger = logging.getLogger(__name__)
 
-# What training writes, then what upstream wrote, in order of preference.
-AUTO_NAMES = (
-    "best_lora_weights",
-    "best_lora_weights.safetensors",
-    "best_lora_weights.pt",
-    "last_lora_weights",
-    "last_lora_weights.safetensors",
-    "last_lora_weights.pt",
-)
 
-
-def find_trained_adapter(output_dir: str | Path) -> Path:
-    """Upstream's auto-detect: the best (else last) adapter in the training output directory."""
-    output_dir = Path(output_dir)
-    for name in AUTO_NAMES:
-        candidate = output_dir / name
-        if candidate.exists():
-            logger.info("auto-detected adapter %s", candidate)
-            return candidate
-    raise AdapterError(
-        f"no adapter given and none found in output.output_dir={output_dir} (looked for best_lora_weights*, "
-        f"last_lora_weights*); pass --weights PATH_OR_HUB_ID, or --weights none for plain SAM3"
-    )
-
-
-def _looks_like_hub_ref(source: str) -> bool:
-    base = source.split("@")[0].split(":")[0]
-    return base.count("/") == 1 and not Path(base).exists() and not source.startswith((".", "/", "~"))
-
-
-def read_adapter(source: str | Path, cache_dir: str | None = None) -> AdapterWeights:
+def read_adapter(source: str | Path, cache_dir: str | None = None, local_files_only: bool = False) -> AdapterWeights:
     """Read adapter weights from any supported local format or a hub reference."""
     text = str(source)
     path = Path(text).expanduser()
-    if not path.exists() and _looks_like_hub_ref(text):
-        from .hub import download_adapter  # imported lazily: only hub users need the network layer
+    if not path.exists() and looks_like_hub_ref(text):
+        from .hub import download_adapter
 
-        path = download_adapter(text, cache_dir=cache_dir)
+        path = download_adapter(text, cache_dir=cache_dir, local_files_only=local_files_only)
     if not path.exists():
         raise AdapterError(f"{text}: adapter not found (expected a file, a PEFT directory or owner/repo on the hub)")
     if path.is_file() and path.suffix == ".pt":
@@ -72,20 +44,26 @@ def read_adapter(source: str | Path, cache_dir: str | None = None) -> AdapterWei
     raise AdapterError(f"{path}: unsupported adapter format {path.suffix!r}; use .pt, .safetensors or a PEFT dir")
 
 
-def load_model(cfg: Config, weights: str | None = None) -> tuple[torch.nn.Module, Sam3Processor, str]:
+def load_model(cfg: Config, weights: str | None = None, base_loader=None) -> tuple[torch.nn.Module, Sam3Processor, str]:
     """Base SAM3 plus the adapter selected by ``weights`` (else ``model.lora_weights``, else auto-detect).
+
+    ``base_loader(model_cfg, local_files_only=...) -> (module, processor)`` replaces
+    :func:`~medsam3.model.load_base_model`; the video model passes one returning its detector, so
+    adapters land there by the same rules (:mod:`medsam3.adapters.video`).
 
     Returns the model (a PeftModel when an adapter is loaded), the processor, and a short
     description of the adapter for logs and result files.
     """
-    source = weights if weights is not None else cfg.model.lora_weights
+    sources = resolve_sources(cfg, weights)
+    if sources.note:
+        logger.info("%s", sources.note)
+    cfg, source, full_model = sources.cfg, sources.adapter, sources.full_model
+    local_only = prepare_hub(cfg, source)  # offline or not, decided once; what is missing named in one line
     adapter = None
-    if source is None or str(source).lower() != "none":
+    if str(source).lower() != "none":
         # Read (and validate) the adapter before the multi-GB base model, so a bad path fails fast.
-        adapter = read_adapter(
-            source if source is not None else find_trained_adapter(cfg.output.output_dir), cache_dir=cfg.model.cache_dir
-        )
-    model, processor = load_base_model(cfg.model)
+        adapter = read_adapter(source, cache_dir=cfg.model.cache_dir, local_files_only=local_only)
+    model, processor = (base_loader or load_base_model)(cfg.model, local_files_only=local_only)
     if adapter is None:
-        return model, processor, "none (plain SAM3)"
+        return model, processor, f"full model {full_model} (adapter merged in)" if full_model else "none (plain SAM3)"
     return apply_adapter(model, cfg.lora, adapter).eval(), processor, adapter.origin

@@ -18,10 +18,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..config import LoraConfigSection
-from ..model import add_lora
+from ..model import add_lora, count_lora_layers
+from .errors import AdapterError
+from .provenance import ADAPTER_METADATA, read_training_metadata
 
 __all__ = [
     "ADAPTER_CONFIG",
+    "ADAPTER_METADATA",
     "ADAPTER_WEIGHTS",
     "AdapterError",
     "AdapterWeights",
@@ -36,10 +39,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _SHOW = 5
-
-
-class AdapterError(ValueError):
-    """An adapter file that is missing, unreadable, or does not fit the model and config."""
 
 
 @dataclass
@@ -110,7 +109,13 @@ def read_peft_adapter(path: str | Path) -> AdapterWeights:
         if meta.get("r") not in (None, rank):
             raise AdapterError(f"{config_file}: says r={meta.get('r')} but the tensors have rank {rank}")
     return AdapterWeights(
-        state=state, rank=rank, alpha=alpha, origin=str(path), rank_must_match_config=declared, base_model=base_model
+        state=state,
+        rank=rank,
+        alpha=alpha,
+        origin=str(path),
+        rank_must_match_config=declared,
+        base_model=base_model,
+        metadata=read_training_metadata(weights.parent),
     )
 
 
@@ -140,7 +145,9 @@ def apply_adapter(model: torch.nn.Module, lora: LoraConfigSection, adapter: Adap
             "%s: adapter alpha is %s but lora.alpha=%s; using the adapter's", adapter.origin, adapter.alpha, lora.alpha
         )
     peft_model = add_lora(model, lora, rank=adapter.rank, alpha=alpha)
-    expected = get_peft_model_state_dict(peft_model)
+    # save_embedding_layers=False: we never put LoRA on embeddings, and "auto" looks the base model's
+    # config up on the hub (a network call, and a warning offline).
+    expected = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
     missing = expected.keys() - adapter.state.keys()
     unexpected = adapter.state.keys() - expected.keys()
     if missing or unexpected:
@@ -174,14 +181,17 @@ def apply_adapter(model: torch.nn.Module, lora: LoraConfigSection, adapter: Adap
     leftover = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if leftover:
         raise AdapterError(f"{adapter.origin}: PEFT did not place {len(leftover)} keys, e.g. {leftover[:_SHOW]}")
-    logger.info("loaded adapter %s: %d LoRA layers, rank %d", adapter.origin, len(expected) // 2, adapter.rank)
+    # Counted as training counts them (add_lora), so the two logs agree.
+    logger.info(
+        "loaded adapter %s: %d LoRA layers, rank %d", adapter.origin, count_lora_layers(peft_model), adapter.rank
+    )
     return peft_model
 
 
 def save_adapter(peft_model: PeftModel, out_dir: str | Path, metadata: dict | None = None) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (+ optional metadata JSON)."""
     out_dir = Path(out_dir)
-    peft_model.save_pretrained(str(out_dir))
+    peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)  # no hub look-up (see apply_adapter)
     if metadata:
-        (out_dir / "medsam3_adapter.json").write_text(json.dumps(metadata, indent=2))
+        (out_dir / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2))
     return out_dir

@@ -1,4 +1,8 @@
-"""``scripts/evaluate.py``: Dice/IoU/NSD/HD95 per concept and modality on labelled 2D and 3D sets."""
+"""``scripts/evaluate.py``: Dice/IoU/NSD/HD95 per concept and modality on labelled 2D and 3D sets.
+
+The data set description and the config are checked before torch and transformers are imported
+and before the model loads (see :mod:`medsam3.cli`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..adapters.peft_format import AdapterError
-from ..config import ConfigError, load_config
-from ..model import ModelLoadError
-from . import setup_logging
+from ..config import load_config
+from . import add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.evaluate")
 
@@ -81,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON/YAML mapping label value -> prompt, e.g. {"1": "liver", "2": "spleen"}',
     )
     d3.add_argument("--slice-batch", type=int, help="slices per batched vision pass (default: 8 on CUDA, 1 on CPU)")
-    d3.add_argument("--axis", type=int, default=-1, help="voxel axis to slice along (default -1, axial)")
+    d3.add_argument(
+        "--axis",
+        default="auto",
+        choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+        help="slice along this axis, as in infer_sam.py: auto = the volume's own slice axis (last voxel axis; "
+        "axial for axial scans), a plane (from the affine) or a voxel axis (default auto)",
+    )
 
     e = p.add_argument_group("protocol and metrics")
     e.add_argument(
@@ -118,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--figure", action="store_true", help="also write dice_per_concept.png (needs matplotlib)")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     o.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_version_flag(p)
     return p
 
 
@@ -169,8 +178,7 @@ def _datasets(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EvalOptions, Evaluator, best_thresholds, format_table, summarize_rows, write_report
-    from ..inference.predictor import Predictor
+    from ..evaluation import EvalOptions
 
     options = EvalOptions(
         protocols=tuple(args.protocol),
@@ -185,13 +193,27 @@ def run(args: argparse.Namespace) -> int:
     )
     cfg = load_config(args.config, args.set)
     coco, volumes = _datasets(args)  # fail on a bad data description before loading gigabytes of model
+    from ..adapters.sources import preflight
 
+    preflight(cfg, args.weights)  # adapter refused? hub unusable and something not cached? said before torch loads
+    # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
+    from ..evaluation import Evaluator, best_thresholds, format_table, summarize_rows, write_report
+    from ..inference.predictor import Predictor
+
+    quiet_weight_loading(args.verbose, args.quiet)
+    from ..inference.distributed import barrier, init_distributed
+
+    # Under torchrun: one device per rank, cases split by size, rows gathered and reported on rank 0.
+    dist_info, device = init_distributed(args.device)
     t0 = time.perf_counter()
-    predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device)
+    predictor = Predictor.from_config(cfg, weights=args.weights, device=str(device))
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()
-    report = Evaluator(predictor, options, out_dir).run(coco=coco, volumes=volumes)
+    report = Evaluator(predictor, options, out_dir).run(coco=coco, volumes=volumes, dist_info=dist_info)
+    if not report.is_main:
+        barrier()  # exit only after rank 0 has written the report (torchrun stops ranks when one exits)
+        return 0
     meta = {
         "argv": list(args.argv if args.argv is not None else sys.argv[1:]),
         "config": args.config,
@@ -202,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(time.perf_counter() - t0, 2),
     }
     paths = write_report(report, out_dir, meta=meta, figure=args.figure)
+    barrier()
     logger.info(
         "%d/%d case(s) evaluated in %.1f s; report -> %s",
         report.n_cases - len(report.failures),
@@ -232,8 +255,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..evaluation import EvaluationError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
@@ -244,13 +265,16 @@ def main(argv: list[str] | None = None) -> int:
         io_logger.setLevel(logging.WARNING)
     try:
         return run(args)
-    except (ConfigError, AdapterError, ModelLoadError, EvaluationError, FileNotFoundError, ValueError) as exc:
+    except user_errors() as exc:  # EvaluationError is a ValueError
         if args.verbose:
             logger.exception("failed")
-        sys.stderr.write(f"evaluate.py: error: {exc}\n")
+        sys.stderr.write(f"evaluate.py: error: {one_line(exc)}\n")
         return 2
     finally:
         io_logger.setLevel(io_level)
+        distributed = sys.modules.get("medsam3.inference.distributed")  # loaded only if a model was
+        if distributed is not None:
+            distributed.cleanup()
 
 
 if __name__ == "__main__":

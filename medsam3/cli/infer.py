@@ -1,21 +1,22 @@
 """``infer_sam.py``: text-prompted segmentation of an image, a volume or a batch with SAM3 (+ LoRA).
 
 Argument parsing and dispatch only: volumes in :mod:`medsam3.inference.volume`, batches and the
-per-input output layout in :mod:`medsam3.inference.batch`.
+per-input output layout in :mod:`medsam3.inference.batch`. Arguments, config and input files are
+checked before torch and transformers are imported (see :mod:`medsam3.cli`), so a mistake is
+reported in about a second, not after the model has loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from ..adapters.peft_format import AdapterError
-from ..config import ConfigError, load_config
-from ..model import ModelLoadError
-from . import setup_logging
+from ..config import load_config
+from . import add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.infer")
 
@@ -24,10 +25,13 @@ EXAMPLES = """examples:
   python infer_sam.py --config configs/full_lora_config.yaml --image cxr.png --prompt "lung" "heart" \\
       --weights lal-Joey/MedSAM3_v1 --json out.json --masks-dir masks/
   python infer_sam.py --image img.png --prompt "lesion" --weights none --box 10 20 120 160
-  python infer_sam.py --image ct.nii.gz --prompt "liver" "spleen" --window soft_tissue --output-dir ct_seg/ \
+  python infer_sam.py --weights demo --image ct.nii.gz --prompt liver     # offline demo model
+  python infer_sam.py --weights demo --list-concepts
+  python infer_sam.py --image ct.nii.gz --prompt "liver" "spleen" --window soft_tissue --output-dir ct_seg/ \\
       --binary-masks --largest-component --fill-holes
   python infer_sam.py --image dicom_series_dir/ --prompt "liver" --window 60 160 --slice-batch 16
   python infer_sam.py --input-dir scans/ --prompt "liver" --output-dir results/ --skip-existing
+  torchrun --nproc_per_node 4 infer_sam.py --input-dir scans/ --prompt "liver" --output-dir results/
 exit codes: 0 ok; 2 bad input (missing image, bad config, missing weights); 1 a batch input failed
 or an unexpected failure."""
 
@@ -40,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one of them is required unless --list-concepts
     src.add_argument(
         "--image",
         help="input: a 2D image (PNG/JPEG/TIFF/BMP, DICOM) or a volume (NIfTI .nii/.nii.gz, "
         "DICOM series folder, multi-frame DICOM)",
+    )
+    src.add_argument(
+        "--video",
+        help="track objects through a video: mp4/avi/mov/mkv/GIF, a folder of frames or a multi-frame DICOM cine "
+        "(outputs: overlay.mp4, tracks.json, tracks.csv under --output-dir); --image with a video file does the same",
     )
     src.add_argument(
         "--input-dir",
@@ -55,25 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prompt",
         nargs="+",
-        required=True,
         metavar="TEXT",
         help='one or more text prompts, e.g. "liver" "liver tumor"',
     )
     p.add_argument(
+        "--list-concepts",
+        action="store_true",
+        help="print the concepts the selected model/adapter was trained on (from its training metadata) and exit",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="keep detections with sigmoid(logit) x sigmoid(presence) above this (default 0.5)",
+        default=None,
+        help="keep detections with sigmoid(logit) x sigmoid(presence) above this (default: the operating "
+        "threshold the model records in its training metadata, else 0.5)",
     )
     p.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
-    p.add_argument("--output", help="2D image: overlay PNG to write (default output.png)")
+    p.add_argument("--output", help="2D image: overlay PNG to write (default: <name>_medsam3.png beside the image)")
     p.add_argument(
         "--weights",
         help="adapter: path (.pt/.safetensors/PEFT dir), hub id owner/repo[:file][@rev], "
-        "or 'none' for plain SAM3; default: model.lora_weights, else auto-detect "
-        "in output.output_dir",
+        "'none' for plain SAM3, or 'demo' for the small offline demo model shipped with medsam3; "
+        "default: model.lora_weights, else auto-detect in output.output_dir",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="autocast dtype: auto = bf16 on CUDA, fp32 on CPU; bf16 works on CPUs too (default: hardware.precision)",
+    )
     p.add_argument(
         "--box",
         nargs=4,
@@ -139,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip inputs whose outputs are already complete in --output-dir (resume a batch)",
     )
+    t = p.add_argument_group("video and propagation (SAM3's tracker)")
+    t.add_argument(
+        "--propagate",
+        action="store_true",
+        help="with a volume --image: track each concept through the slices, both ways from the slice where it is "
+        "detected most confidently, instead of segmenting every slice alone",
+    )
+    t.add_argument("--box-frame", type=int, default=0, metavar="N", help="video frame the --box exemplars are on")
+    t.add_argument(
+        "--memory-frames",
+        type=int,
+        default=16,
+        metavar="N",
+        help="tracker state kept per object, in frames (default 16: all SAM3 reads back); bounds memory on long videos",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -148,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    add_version_flag(p)
     return p
 
 
@@ -169,13 +204,50 @@ def _window(values: list[str] | None):
     return window
 
 
-def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet: bool):
-    from ..inference.batch import InferenceOptions
+def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[int]]:
+    """Everything the arguments alone can get wrong; cheap, before torch is imported.
 
+    Returns the prompts, the exemplar boxes (positive first) and their labels (1 / 0).
+    """
+    if not (args.image or args.input_dir or args.video):
+        raise ValueError("give --image, --video or --input-dir (or --list-concepts)")
+    if not args.prompt:
+        raise ValueError('give --prompt, e.g. --prompt "liver" (--list-concepts shows what the model knows)')
+    prompts = [p.strip() for p in args.prompt]
+    if any(not p for p in prompts):
+        raise ValueError('empty --prompt; give text such as --prompt "liver"')
     if args.slice_batch is not None and args.slice_batch < 1:
         raise ValueError("--slice-batch must be >= 1")
     if args.montage < 0:
         raise ValueError("--montage must be >= 0")
+    _window(args.window)
+    if args.input_dir:
+        if args.output or args.json or args.masks_dir:
+            raise ValueError(
+                "--output, --json and --masks-dir are for one 2D image; a batch writes everything under --output-dir"
+            )
+        if not args.output_dir:
+            raise ValueError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
+    elif args.video and not Path(args.video).exists():
+        raise FileNotFoundError(f"video not found: {args.video}")
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("torchrun splits --input-dir batches over its processes; run a single --image with python")
+    elif args.image and not Path(args.image).exists():
+        raise FileNotFoundError(f"image not found: {args.image}")
+    if args.threshold is None:
+        from ..adapters.concepts import recorded_threshold
+
+        args.threshold = recorded_threshold(load_config(args.config, args.set), args.weights)
+    if not 0.0 <= args.threshold <= 1.0 or not 0.0 < args.nms_iou <= 1.0:
+        raise ValueError("--threshold must be in [0, 1] and --nms-iou in (0, 1]")
+    boxes = [*(args.box or []), *(args.neg_box or [])]
+    labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
+    return prompts, boxes, labels
+
+
+def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet: bool):
+    from ..inference.batch import InferenceOptions
+
     return InferenceOptions(
         prompts=prompts,
         threshold=args.threshold,
@@ -194,46 +266,77 @@ def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet:
     )
 
 
-def _load_predictor(cfg, args, opts):
+def _load_predictor(cfg, args, opts, device=None):
     """The model, once per run; ``opts.adapter`` records where its adapter came from."""
     from ..inference.predictor import Predictor
 
+    _warn_unknown_prompts(cfg, args.weights, opts.prompts)  # after the input was read: a bad file fails first
+
+    quiet_weight_loading(args.verbose, args.quiet)
     t0 = time.perf_counter()
-    predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device)
+    predictor = Predictor.from_config(
+        cfg, weights=args.weights, device=str(device) if device is not None else args.device, precision=args.precision
+    )
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     opts.adapter = predictor.adapter_origin
     return predictor
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..inference.batch import discover_inputs, input_name, load_input, process_image, process_volume, run_batch
+def _list_concepts(cfg, weights) -> int:
+    from ..adapters.concepts import trained_concepts
 
-    prompts = [p.strip() for p in args.prompt]
-    if any(not p for p in prompts):
-        raise ValueError('empty --prompt; give text such as --prompt "liver"')
-    if not 0.0 <= args.threshold <= 1.0 or not 0.0 < args.nms_iou <= 1.0:
-        raise ValueError("--threshold must be in [0, 1] and --nms-iou in (0, 1]")
-    boxes = [*(args.box or []), *(args.neg_box or [])]
-    labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
-    opts = _options(args, prompts, boxes, labels, args.quiet)
+    known = trained_concepts(cfg, weights)
+    if not known:
+        sys.stdout.write("no recorded concepts (the model and adapter carry no medsam3 training metadata)\n")
+        return 0
+    for source, concepts in known.items():
+        sys.stdout.write(f"{source}:\n" + "".join(f"  {c}\n" for c in concepts))
+    return 0
+
+
+def _warn_unknown_prompts(cfg, weights, prompts: list[str]) -> None:
+    from ..adapters.concepts import prompt_warnings, trained_concepts
+
+    for message in prompt_warnings(prompts, trained_concepts(cfg, weights)):
+        logger.warning("%s", message)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_concepts:
+        return _list_concepts(load_config(args.config, args.set), args.weights)
+    prompts, boxes, labels = _check_arguments(args)
     cfg = load_config(args.config, args.set)
+    from ..adapters.sources import preflight
+
+    preflight(cfg, args.weights)  # adapter refused? hub unusable and something not cached? said before torch loads
+    from ..io.video import is_video_path
+
+    if args.video or args.propagate or (args.image and is_video_path(args.image)):
+        from .track import run_tracking  # video / propagation: SAM3's video model
+
+        return run_tracking(cfg, args, prompts, boxes, labels, window=_window(args.window))
+    # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
+    from ..inference.batch import process_image, process_volume, run_batch
+    from ..inference.distributed import cleanup, init_distributed
+    from ..inference.inputs import discover_inputs, input_name, load_input
+
+    opts = _options(args, prompts, boxes, labels, args.quiet)
 
     if args.input_dir:
-        if args.output or args.json or args.masks_dir:
-            raise ValueError(
-                "--output, --json and --masks-dir are for one 2D image; a batch writes everything under --output-dir"
-            )
-        if not args.output_dir:
-            raise ValueError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
         inputs = discover_inputs(args.input_dir, exclude=args.output_dir)
         logger.info("%d input(s) from %s", len(inputs), args.input_dir)
-        predictor = _load_predictor(cfg, args, opts)  # once for the whole batch
-        report = run_batch(predictor, inputs, args.output_dir, opts, skip_existing=args.skip_existing)
+        # Under torchrun: one device per rank, inputs split by size, files merged on rank 0.
+        dist_info, device = init_distributed(args.device)
+        try:
+            predictor = _load_predictor(cfg, args, opts, device)  # once for the whole batch
+            report = run_batch(
+                predictor, inputs, args.output_dir, opts, skip_existing=args.skip_existing, dist_info=dist_info
+            )
+        finally:
+            cleanup()
         return report.exit_code
 
     image_path = Path(args.image)
-    if not image_path.exists():
-        raise FileNotFoundError(f"image not found: {image_path}")
     # Read first (cheap): a bad input fails before gigabytes of model are loaded.
     loaded = load_input(image_path, opts.window, opts.volume_index)
 
@@ -280,7 +383,7 @@ def _write_single_image(results, image, image_path: Path, predictor, args) -> No
     """One 2D image, today's outputs: --output overlay, --json detections, --masks-dir PNGs."""
     from ..outputs import overlay_detections, results_to_json, save_png, write_json, write_prompt_masks
 
-    output = args.output or "output.png"
+    output = args.output or image_path.parent / f"{image_path.stem}_medsam3.png"
     save_png(overlay_detections(image, results), output)
     logger.info("overlay -> %s", output)
     if args.json:
@@ -305,10 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # the checkpoint's "Loading weights" bar
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -316,10 +415,10 @@ def main(argv: list[str] | None = None) -> int:
             "infer_sam.py: interrupted; finished outputs are kept (a batch resumes with --skip-existing)\n"
         )
         return 130
-    except (ConfigError, AdapterError, ModelLoadError, FileNotFoundError, ValueError) as exc:
+    except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
-        sys.stderr.write(f"infer_sam.py: error: {exc}\n")
+        sys.stderr.write(f"infer_sam.py: error: {one_line(exc)}\n")
         return 2
 
 

@@ -13,10 +13,9 @@ import os
 import subprocess
 import sys
 
-from ..adapters.peft_format import AdapterError
-from ..config import ConfigError, load_config
-from ..model import ModelLoadError
-from . import setup_logging
+from ..config import load_config
+from ..train.data_paths import train_split
+from . import add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.train")
 
@@ -65,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_version_flag(p)
     return p
 
 
@@ -112,13 +112,18 @@ def _launch_torchrun(argv: list[str], gpus: list[str]) -> int:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from ..train.trainer import train
-
     device, gpus = _device_override(args.device)
     if gpus and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _launch_torchrun(argv, gpus)
     overrides = list(args.set) + ([f"hardware.device={device}"] if device else [])
     cfg = load_config(args.config, overrides)
+    train_split(cfg)  # the data layout, checked before torch, transformers and the model load
+    from ..adapters.hub import prepare_hub
+
+    prepare_hub(cfg, "none")  # hub unusable and the base model not cached? one line, before torch loads
+    from ..train.trainer import train  # torch and transformers: after the cheap checks
+
+    quiet_weight_loading(args.verbose, args.quiet)  # weight-loading bars; our own tqdm shows training progress
     result = train(cfg, resume=args.resume, show_progress=not args.no_progress and not args.quiet)
     if result.interrupted:
         return 130
@@ -133,25 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    if not args.verbose:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # weight-loading bars; our own tqdm shows training progress
     try:
         return run(args, argv)
-    except (ConfigError, AdapterError, ModelLoadError, FileNotFoundError, ValueError) as exc:
+    except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
-        msg = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        sys.stderr.write(f"{PROG}: error: {msg}\n")
+        sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; steps after the newest checkpoint are lost, continue with --resume\n")
         return 130
     finally:
-        from ..train.distributed import cleanup
+        if "torch.distributed" in sys.modules:  # no process group without torch: an early error stays fast
+            from ..train.distributed import cleanup
 
-        cleanup()
+            cleanup()
 
 
 if __name__ == "__main__":

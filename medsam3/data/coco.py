@@ -32,7 +32,6 @@ Rules worth knowing (all decided here, all logged):
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -46,7 +45,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
@@ -57,10 +55,10 @@ from .coco_records import (
     DatasetError,
     ImageRecord,
     SkipLog,
+    clean_annotation,
     concept_key,
     escapes_root,
     is_number,
-    polygon_area,
     verify_image,
 )
 from .layout import resolve_split
@@ -312,7 +310,7 @@ class CocoConceptDataset(Dataset):
             rec.present.add(key)
             if ann.get("iscrowd", 0):
                 continue  # crowd: present, but not a target
-            result = self._clean_annotation(ann, rec)
+            result = clean_annotation(self.annotation_file, ann, rec)
             if isinstance(result, str):
                 skip("annotations", f"{label} in {rec.file_name!r}: {result}")
                 continue
@@ -323,71 +321,6 @@ class CocoConceptDataset(Dataset):
             cleaned.append(result)
             rec.instances[key].append(aid)
         return cleaned
-
-    def _clean_annotation(self, ann: dict[str, Any], rec: ImageRecord) -> dict[str, Any] | str:
-        """Validated copy of ``ann`` (segmentation, bbox xywh, mask_valid) or the reason it is unusable."""
-        h, w = rec.height, rec.width
-        segm = ann.get("segmentation")
-        rle = None
-        mask_valid = True
-        if segm is None or (isinstance(segm, list) and len(segm) == 0):
-            mask_valid = False
-        elif isinstance(segm, list):
-            polygons = []
-            for poly in segm:
-                if not isinstance(poly, list) or not all(is_number(v) for v in poly):
-                    return "polygon with non-numeric coordinates"
-                if len(poly) < 6 or len(poly) % 2:
-                    continue
-                if polygon_area(poly) <= 0.0:
-                    continue
-                polygons.append([float(v) for v in poly])
-            if not polygons:
-                return f"empty or degenerate polygon(s) (fewer than 3 points or zero area): {str(segm)[:80]}"
-            if len(polygons) < len(segm):
-                logger.warning(
-                    "%s: annotation id=%s: dropped %d degenerate polygon part(s) of %d",
-                    self.annotation_file,
-                    ann.get("id"),
-                    len(segm) - len(polygons),
-                    len(segm),
-                )
-            segm = polygons
-            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
-        elif isinstance(segm, dict):
-            size, counts = segm.get("size"), segm.get("counts")
-            if not (isinstance(size, list) and len(size) == 2) or counts is None:
-                return "RLE without 'size' and 'counts'"
-            if not all(is_number(v) for v in size) or [int(size[0]), int(size[1])] != [h, w]:
-                return f"RLE size {size} does not match the image size {[h, w]}"
-            try:
-                rle = mask_utils.frPyObjects(segm, h, w) if isinstance(counts, list) else segm
-                area = float(mask_utils.area(rle))
-            except (TypeError, ValueError) as err:
-                return f"unreadable RLE ({err})"
-            if area <= 0:
-                return "empty RLE mask"
-            segm = copy.deepcopy(segm)
-        else:
-            return f"unsupported segmentation type {type(segm).__name__}"
-
-        bbox = ann.get("bbox")
-        box = None
-        if isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox):
-            x0, y0 = max(0.0, float(bbox[0])), max(0.0, float(bbox[1]))
-            x1, y1 = min(float(w), float(bbox[0]) + float(bbox[2])), min(float(h), float(bbox[1]) + float(bbox[3]))
-            if x1 > x0 and y1 > y0:
-                box = [x0, y0, x1 - x0, y1 - y0]
-        if box is None and rle is not None:
-            derived = [float(v) for v in mask_utils.toBbox(rle)]
-            if derived[2] > 0 and derived[3] > 0:
-                box = derived
-        if box is None:
-            return "no valid bbox and no non-empty mask to derive one from"
-        out: dict[str, Any] = {"bbox": box, "iscrowd": 0, "mask_valid": mask_valid, "area": box[2] * box[3]}
-        if mask_valid:
-            out["segmentation"] = segm
-        return out
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

@@ -54,8 +54,24 @@ from .cases import (
     read_label_map,
     read_volume_pairs,
 )
-from .protocol import EvaluationReport, Evaluator, coco_instance_metrics, largest_component_box, semantic_masks
-from .report import best_thresholds, format_table, summarize_rows, write_report
+
+# The protocol runs the model (torch) and the report needs the metrics (scipy): imported on first
+# use, so that checking a data set description (cases, above) answers before they load.
+_PROTOCOL_NAMES = ("EvaluationReport", "Evaluator", "coco_instance_metrics", "largest_component_box", "semantic_masks")
+_REPORT_NAMES = ("best_thresholds", "format_table", "summarize_rows", "write_report")
+
+
+def __getattr__(name: str):
+    if name in _PROTOCOL_NAMES:
+        from . import protocol
+
+        return getattr(protocol, name)
+    if name in _REPORT_NAMES:
+        from . import report
+
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CSV_COLUMNS",

@@ -63,6 +63,10 @@ class CaseError(ValueError):
 # --------------------------------------------------------------------------------------------- #
 # Options and cases
 # --------------------------------------------------------------------------------------------- #
+# What ``--axis`` takes (as infer_sam.py; resolved per volume by inference.volume.resolve_axis).
+SLICE_AXES = ("auto", "axial", "coronal", "sagittal", "0", "1", "2", "-1", "-2", "-3")
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     """How cases are prompted and scored; validated once so a bad value stops before any work."""
@@ -73,7 +77,7 @@ class EvalOptions:
     nsd_tolerance: float = 2.0
     include_absent: bool = False
     slice_batch: int | None = None  # None: 8 on CUDA, 1 on CPU
-    axis: int = -1
+    axis: int | str = "auto"  # as inference.volume.resolve_axis: auto, axial/coronal/sagittal, or a voxel axis
     window: WindowSpec = None
     coco_map: bool = False
 
@@ -91,8 +95,8 @@ class EvalOptions:
             raise EvaluationError(f"NSD tolerance must be a positive number of mm, got {self.nsd_tolerance}")
         if self.slice_batch is not None and self.slice_batch < 1:
             raise EvaluationError(f"slice batch must be >= 1, got {self.slice_batch}")
-        if not -3 <= self.axis < 3:
-            raise EvaluationError(f"slice axis must be in -3..2, got {self.axis}")
+        if str(self.axis).strip().lower() not in SLICE_AXES:
+            raise EvaluationError(f"slice axis must be auto, axial, coronal, sagittal or 0-2, got {self.axis!r}")
         try:
             parse_window(self.window)
         except ValueError as exc:

@@ -300,7 +300,7 @@ def summarize(
     inf_replacement: float | None = None,
     ddof: int = 0,
 ) -> dict[str, float | int]:
-    """Mean and standard deviation over cases, for "mean ± std (n)" reporting.
+    """Mean, standard deviation and median over cases, for "mean ± std (n)" reporting.
 
     * NaN means "excluded" (see ``empty_score``) and is skipped.
     * ±inf (e.g. HD95 with one empty mask) cannot enter a mean meaningfully:
@@ -311,7 +311,7 @@ def summarize(
     * ``n`` counts only the values used; ``std`` uses ``ddof`` (0 = numpy's
       population std). With nothing to average, mean and std are NaN.
 
-    Returns ``{"mean", "std", "n", "n_nan", "n_inf"}``.
+    Returns ``{"mean", "std", "median", "n", "n_nan", "n_inf"}``.
     """
     arr = np.asarray([float(v) for v in values], dtype=float)
     nan_mask = np.isnan(arr)
@@ -328,4 +328,5 @@ def summarize(
     n = int(used.size)
     mean = float(used.mean()) if n > 0 else math.nan
     std = float(used.std(ddof=ddof)) if n - ddof > 0 else math.nan
-    return {"mean": mean, "std": std, "n": n, "n_nan": n_nan, "n_inf": n_inf}
+    median = float(np.median(used)) if n > 0 else math.nan
+    return {"mean": mean, "std": std, "median": median, "n": n, "n_nan": n_nan, "n_inf": n_inf}

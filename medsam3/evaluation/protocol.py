@@ -18,9 +18,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
+from ..inference.distributed import DistInfo, gather_to_main, path_bytes, shard_by_size
+from ..inference.postprocess import Detections
 from ..inference.postprocess3d import keep_largest_component
-from ..inference.volume import default_slice_batch
+from ..inference.volume import default_slice_batch, resolve_axis
 from ..io import ImageReadError, load_image2d, load_volume, save_label_map
 from ..outputs import encode_rle, prompt_slug
 from .cases import CaseError, CocoSet, EvalOptions, EvaluationError, ImageCase, VolumeCase, VolumeSet, read_label_map
@@ -60,23 +61,11 @@ def _predict_rows(
 ) -> list[Detections]:
     """Detections for (image index, prompt, boxes) rows with one vision pass over ``images``.
 
-    Why not ``Predictor.predict_images``: it takes no boxes, and ``text``/``text+box`` rows should
-    share the vision pass (90% of the cost). Same public pieces as ``Predictor.predict``.
+    Why not ``Predictor.predict_images``: it takes the same boxes for every row, and ``text`` /
+    ``text+box`` rows should share the vision pass (90% of the cost).
     """
     vision, sizes = predictor.encode_images(images)
-    out: list[Detections] = []
-    step = predictor.prompt_batch_size
-    for start in range(0, len(rows), step):
-        chunk = rows[start : start + step]
-        raw = predictor.forward_rows(vision, [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], sizes)
-        scores = detection_scores(raw.pred_logits, raw.presence_logits)
-        for j, (image_i, prompt, _) in enumerate(chunk):
-            out.append(
-                postprocess_query_outputs(
-                    prompt, scores[j], raw.pred_boxes[j], raw.pred_masks[j], sizes[image_i], threshold, nms_iou
-                )
-            )
-    return out
+    return predictor.predict_rows(vision, sizes, rows, threshold, nms_iou)
 
 
 def semantic_masks(det: Detections, thresholds: Sequence[float]) -> dict[float, np.ndarray]:
@@ -96,6 +85,7 @@ class EvaluationReport:
     failures: list[dict[str, str]] = field(default_factory=list)
     n_cases: int = 0
     coco_map: dict[str, Any] | None = None
+    is_main: bool = True  # False on torchrun ranks other than 0: their rows went to rank 0
 
 
 def _slug_unique(name: str, used: set[str]) -> str:
@@ -125,9 +115,16 @@ class Evaluator:
         self.output_dir = Path(output_dir)
         self.predictions_dir = self.output_dir / "predictions"
         self._case_slugs: set[str] = set()
+        self._slug_of: dict[int, str] = {}  # id(case) -> folder name, fixed over all cases before sharding
         self._warned_spacing = False
 
     # -- shared bookkeeping ------------------------------------------------------------------
+    def _case_slug(self, case: ImageCase | VolumeCase) -> str:
+        """The case's prediction folder: assigned over all cases in order, so every rank agrees."""
+        if id(case) not in self._slug_of:
+            self._slug_of[id(case)] = _slug_unique(case.case_id, self._case_slugs)
+        return self._slug_of[id(case)]
+
     def _row(
         self,
         case_id: str,
@@ -193,7 +190,7 @@ class Evaluator:
         ]
         dets = _predict_rows(self.predictor, [image.rgb], rows_in, opts.keep_threshold, opts.nms_iou)
 
-        case_slug = _slug_unique(case.case_id, self._case_slugs)
+        case_slug = self._case_slug(case)
         concept_slugs: dict[int, str] = {}
         used: set[str] = set()
         for c in case.categories:
@@ -244,8 +241,9 @@ class Evaluator:
                 case.label_path,
             )
             return []
-        geo = volume.slice_geometry(opts.axis)
-        n_slices = volume.num_slices(opts.axis)
+        axis = resolve_axis(volume, opts.axis)  # auto / a plane / a voxel axis, as in infer_sam.py
+        geo = volume.slice_geometry(axis)
+        n_slices = volume.num_slices(axis)
         preds = {
             (protocol, v, t): np.zeros(volume.shape, dtype=bool)
             for protocol in opts.protocols
@@ -257,7 +255,7 @@ class Evaluator:
         starts = range(0, n_slices, per_pass)
         for start in tqdm(starts, desc=f"{case.case_id} slices", unit="batch", leave=False, disable=None):
             ks = list(range(start, min(n_slices, start + per_pass)))
-            images = [volume.slice_rgb(k, opts.axis) for k in ks]
+            images = [volume.slice_rgb(k, axis) for k in ks]
             label_slices = [geo.to_display(np.take(labels, k, axis=geo.axis)) for k in ks]
             plan, rows_in = [], []
             for i in range(len(ks)):
@@ -272,7 +270,7 @@ class Evaluator:
                 for t, mask in semantic_masks(det, opts.thresholds).items():
                     preds[(protocol, v, t)][tuple(index)] = geo.from_display(mask)
 
-        case_slug = _slug_unique(case.case_id, self._case_slugs)
+        case_slug = self._case_slug(case)
         used: set[str] = set()
         concept_slugs = {v: _slug_unique(label_prompts[v], used) for v in concepts}
         modality = case.modality or volume.modality or "3D"
@@ -299,37 +297,80 @@ class Evaluator:
         return rows
 
     # -- driver --------------------------------------------------------------------------------
-    def run(self, coco: CocoSet | None = None, volumes: VolumeSet | None = None) -> EvaluationReport:
-        """Evaluate every case; a failing case is logged and listed, never fatal."""
+    def run(
+        self, coco: CocoSet | None = None, volumes: VolumeSet | None = None, dist_info: DistInfo | None = None
+    ) -> EvaluationReport:
+        """Evaluate every case; a failing case is logged and listed, never fatal.
+
+        Under torchrun (``dist_info.world_size > 1``) each rank evaluates a share of the cases
+        balanced by file size and writes their predictions; rank 0 gathers the rows and returns
+        the whole report, in the order a one-process run gives (so the summary is identical).
+        The other ranks return a report with ``is_main=False`` and no rows: they write nothing.
+        """
+        dist_info = dist_info or DistInfo()
         report = EvaluationReport(options=self.options)
         jobs: list[tuple[str, Any]] = [("2d", c) for c in (coco.cases if coco else [])]
         jobs += [("3d", c) for c in (volumes.cases if volumes else [])]
         if not jobs:
             raise EvaluationError("no cases to evaluate: give a COCO set and/or volumes")
         report.n_cases = len(jobs)
-        evaluated_images: list[int] = []
-        coco_results: dict[str, list[dict]] = {p: [] for p in self.options.protocols}
-        for kind, case in tqdm(jobs, desc="evaluating", unit="case", disable=None):
+        for _, case in jobs:
+            self._case_slug(case)
+        if dist_info.enabled:
+            sizes = [path_bytes(c.image_path, getattr(c, "label_path", None)) for _, c in jobs]
+            mine = shard_by_size(sizes, dist_info.world_size)[dist_info.rank]
+            logger.info("rank %d of %d: %d of %d case(s)", dist_info.rank, dist_info.world_size, len(mine), len(jobs))
+        else:
+            mine = list(range(len(jobs)))
+        outcomes: list[_CaseOutcome] = []
+        bar = tqdm(mine, desc="evaluating", unit="case", disable=None if dist_info.is_main else True)
+        for index in bar:
+            kind, case = jobs[index]
+            outcome = _CaseOutcome(index)
             try:
                 if kind == "2d":
-                    rows, results = self.evaluate_image(case, coco)
-                    evaluated_images.append(case.image_id)
-                    for protocol, dets in results.items():
-                        coco_results[protocol] += dets
+                    outcome.rows, outcome.coco_results = self.evaluate_image(case, coco)
+                    outcome.image_id = case.image_id
                 else:
-                    rows = self.evaluate_volume(case, volumes.label_prompts)
+                    outcome.rows = self.evaluate_volume(case, volumes.label_prompts)
             except (CaseError, ImageReadError, OSError, ValueError, MemoryError, torch.cuda.OutOfMemoryError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 logger.error("case %s failed: %s", case.case_id, reason)
                 logger.debug("case %s traceback", case.case_id, exc_info=True)
-                report.failures.append({"case": str(case.case_id), "path": str(case.image_path), "reason": reason})
+                outcome.rows = []
+                outcome.failure = {"case": str(case.case_id), "path": str(case.image_path), "reason": reason}
+            outcomes.append(outcome)
+        gathered = gather_to_main(outcomes)
+        if gathered is None:
+            report.is_main = False
+            return report
+        evaluated_images: list[int] = []
+        coco_results: dict[str, list[dict]] = {p: [] for p in self.options.protocols}
+        for outcome in sorted((o for part in gathered for o in part), key=lambda o: o.index):
+            if outcome.failure is not None:
+                report.failures.append(outcome.failure)
                 continue
-            report.rows += rows
+            report.rows += outcome.rows
+            if outcome.image_id is not None:
+                evaluated_images.append(outcome.image_id)
+                for protocol, dets in outcome.coco_results.items():
+                    coco_results[protocol] += dets
         if self.options.coco_map and coco is not None:
             report.coco_map = {
                 p: coco_instance_metrics(coco, coco_results[p], evaluated_images) for p in self.options.protocols
             }
         return report
+
+
+@dataclass
+class _CaseOutcome:
+    """One case's contribution, gathered from the ranks and merged in case order."""
+
+    index: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    coco_results: dict[str, list[dict]] = field(default_factory=dict)
+    image_id: int | None = None
+    failure: dict[str, str] | None = None
 
 
 # --------------------------------------------------------------------------------------------- #

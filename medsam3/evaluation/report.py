@@ -10,14 +10,16 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..outputs import write_json
 from .cases import CSV_COLUMNS, METRICS
 from .metrics import summarize
-from .protocol import EvaluationReport
+
+if TYPE_CHECKING:  # annotations only: importing the protocol (torch) is for running cases
+    from .protocol import EvaluationReport
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 # Reports
 # --------------------------------------------------------------------------------------------- #
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """mean/std/n of every metric per (modality, concept, protocol, threshold), in first-seen order."""
+    """mean/std/median/n of every metric per (modality, concept, protocol, threshold), in first-seen order."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["modality"], r["concept"], r["protocol"], float(r["threshold"])), []).append(r)
@@ -163,10 +165,40 @@ def plot_dice(summary: Sequence[Mapping[str, Any]], best: Sequence[Mapping[str, 
     return out
 
 
+SUMMARY_STATS = ("mean", "std", "median", "n")
+
+
+def summary_csv_columns() -> list[str]:
+    """summary.csv: one row per (modality, concept, protocol, threshold); per metric mean, std, median, n."""
+    cols = ["modality", "concept", "protocol", "threshold", "n_cases", "n_present"]
+    cols += [f"{m}_{stat}" for m in METRICS for stat in SUMMARY_STATS]
+    return cols + ["hd95_n_inf"]
+
+
+def write_summary_csv(summary: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """The summary as a spreadsheet-friendly table (full-precision numbers, NaN left empty), atomically."""
+    path = Path(path)
+    columns = summary_csv_columns()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for s in summary:
+            row: dict[str, Any] = {k: s[k] for k in columns[:6]}
+            for m in METRICS:
+                for stat in SUMMARY_STATS:
+                    v = s[m][stat]
+                    row[f"{m}_{stat}"] = "" if isinstance(v, float) and math.isnan(v) else _csv_value(v)
+            row["hd95_n_inf"] = s["hd95"]["n_inf"]
+            writer.writerow(row)
+    os.replace(tmp, path)
+    return path
+
+
 def write_report(
     report: EvaluationReport, output_dir: str | Path, *, meta: Mapping[str, Any] | None = None, figure: bool = False
 ) -> dict[str, Path]:
-    """Write ``per_case.csv``, ``summary.json`` and (optionally) ``dice_per_concept.png``."""
+    """Write ``per_case.csv``, ``summary.csv``, ``summary.json`` and (optionally) ``dice_per_concept.png``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -201,6 +233,7 @@ def write_report(
         },
     }
     paths["summary"] = write_json(_json_safe(data), out / "summary.json")
+    paths["summary_csv"] = write_summary_csv(summary, out / "summary.csv")
     if figure:
         try:
             paths["figure"] = plot_dice(summary, best, out / "dice_per_concept.png")

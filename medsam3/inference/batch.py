@@ -15,27 +15,25 @@ Every file is written atomically. An input is done when its ``detections.json`` 
 exists (written last); ``skip_existing`` skips those (if they were made with the same prompts) and
 rebuilds their summary rows and COCO entries from them, so an interrupted batch resumes where it
 stopped. An input that fails is logged, listed and skipped; the others go on.
+
+Under torchrun the inputs are split over the ranks by size and rank 0 merges the batch files at the
+end (:func:`run_batch`); the per-input layout is the same.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..io import Image2D, Volume, is_volume_path, label_map_image, load_image2d, load_volume, save_volume
-from ..io.dicom import is_dicom_file
-from ..io.formats import SUPPORTED_EXTENSIONS, extension
+from ..io import Image2D, Volume, label_map_image, save_volume
 from ..io.windows import WindowSpec
 from ..outputs import (
     atomic_path,
@@ -49,6 +47,9 @@ from ..outputs import (
     write_json,
     write_prompt_masks,
 )
+from ..outputs.summary_csv import SummaryWriter, summary_row, write_summary
+from .distributed import DistInfo, barrier, gather_to_main, path_bytes, shard_by_size
+from .inputs import LoadedInput, discover_inputs, load_input, output_names
 from .postprocess import Detections
 from .volume import VolumeSegmentation, segment_volume
 
@@ -67,22 +68,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = [
-    "file",
-    "kind",
-    "prompt",
-    "detections",
-    "area_px",
-    "voxels",
-    "volume_ml",
-    "seconds",
-    "status",
-    "error",
-]
 IMAGE_DONE = "detections.json"
 VOLUME_DONE = "legend.json"
-_LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
-_GLOB_CHARS = set("*?[")
 
 
 @dataclass
@@ -106,134 +93,7 @@ class InferenceOptions:
     adapter: str | None = None
 
 
-@dataclass
-class LoadedInput:
-    path: Path
-    image: Image2D | None = None
-    volume: Volume | None = None
-
-    @property
-    def kind(self) -> str:
-        return "volume" if self.volume is not None else "image"
-
-
-# -- inputs ----------------------------------------------------------------------------------------
-def _looks_like_dicom_folder(folder: Path) -> bool:
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")][:20]
-    if not files:
-        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")][:20]
-    return any(extension(p) in (".dcm", ".dicom", ".dic", ".ima") or is_dicom_file(p) for p in files)
-
-
-def _scan_dir(folder: Path, exclude: Path | None) -> list[Path]:
-    out = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or (exclude is not None and p.resolve() == exclude):
-            continue
-        if p.is_dir():
-            if _looks_like_dicom_folder(p):
-                out.append(p)  # a DICOM series
-            else:
-                logger.info("skipping folder %s: no DICOM files in it (use a glob for nested images)", p)
-        elif extension(p) in SUPPORTED_EXTENSIONS or (p.suffix == "" and is_dicom_file(p)):
-            out.append(p)
-        else:
-            logger.debug("skipping %s: not an image extension", p)
-    return out
-
-
-def discover_inputs(spec: str | Path, exclude: str | Path | None = None) -> list[Path]:
-    """The inputs named by ``spec``: a folder (its images, DICOM files and DICOM series
-    sub-folders, not recursive), a glob pattern (``**`` recurses), or a text file with one path per
-    line (``#`` comments; relative paths are tried from the current folder, then from the list's
-    folder). Listed paths that do not exist are kept, so the batch reports them as failures.
-    """
-    text = str(spec)
-    excluded = Path(exclude).resolve() if exclude is not None else None
-    path = Path(text).expanduser()
-    if path.is_dir():
-        found = _scan_dir(path, excluded)
-        where = f"folder {path}"
-    elif path.is_file() and (
-        extension(path) in _LIST_SUFFIXES or (extension(path) not in SUPPORTED_EXTENSIONS and not is_dicom_file(path))
-    ):
-        try:
-            lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--input-dir {path}: not a folder, an image or a text file of paths ({exc})") from None
-        found = []
-        for line in lines:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            item = Path(line).expanduser()
-            if not item.is_absolute() and not item.exists() and (path.parent / item).exists():
-                item = path.parent / item
-            found.append(item)
-        where = f"list {path}"
-    elif _GLOB_CHARS & set(text):
-        found = [
-            Path(p)
-            for p in sorted(glob.glob(text, recursive=True))
-            if not Path(p).name.startswith(".") and (Path(p).is_file() or Path(p).is_dir())
-        ]
-        where = f"pattern {text!r}"
-    elif path.is_file():
-        found, where = [path], str(path)
-    else:
-        raise FileNotFoundError(f"--input-dir {text}: no such folder, list file or matching files")
-    if not found:
-        raise FileNotFoundError(
-            f"no images or volumes found in {where} (supported: "
-            f"{', '.join(sorted(set(SUPPORTED_EXTENSIONS)))}, DICOM series folders)"
-        )
-    return found
-
-
-def input_name(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz", *SUPPORTED_EXTENSIONS):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return prompt_slug(name) if name else "input"
-
-
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """A distinct, stable output folder name per input (file name without extension; repeats get
-    the extension, then a counter)."""
-    names: list[str] = []
-    used: set[str] = set()
-    for p in paths:
-        base = input_name(p)
-        name = base
-        if name in used:
-            name = f"{base}_{prompt_slug(extension(p).lstrip('.'))}" if extension(p) else base
-        counter = 2
-        while name in used:
-            name = f"{base}_{counter}"
-            counter += 1
-        used.add(name)
-        names.append(name)
-    return names
-
-
-def load_input(path: str | Path, window: WindowSpec = None, volume_index: int | None = None) -> LoadedInput:
-    """Read an image or a volume (whichever the path is); raises ImageReadError when it cannot."""
-    path = Path(path)
-    if is_volume_path(path):
-        return LoadedInput(path, volume=load_volume(path, window, volume_index))
-    if volume_index not in (None, 0):
-        raise ValueError(f"--volume-index applies to 4D NIfTI volumes, and {path} is a 2D image")
-    return LoadedInput(path, image=load_image2d(path, window))
-
-
 # -- one input ------------------------------------------------------------------------------------
-def summary_row(**values: Any) -> dict:
-    """One summary.csv row; fields not given are left empty."""
-    return {name: values.get(name, "") for name in SUMMARY_FIELDS}
-
-
 def _image_rows(path: Path, results: Sequence[Detections], seconds: float) -> list[dict]:
     return [
         summary_row(
@@ -364,6 +224,8 @@ def write_volume_outputs(
                 detections=e["detections"],
                 voxels=e["voxels"],
                 volume_ml=e["volume_ml"],
+                prompt_mask_voxels=e["prompt_mask_voxels"],
+                prompt_mask_volume_ml=e["prompt_mask_volume_ml"],
                 seconds=round(seconds, 3),
                 status="ok",
             )
@@ -395,11 +257,14 @@ def process_volume(predictor, loaded: LoadedInput, out_dir: Path, opts: Inferenc
     legend = write_volume_outputs(loaded.volume, seg, out_dir, opts, seconds=time.perf_counter() - t0)
     for e in legend["labels"][1:]:
         logger.info(
-            "  %d = %r: %d voxels, %.2f ml, detections on %d slice(s)",
+            "  %d = %r: %d voxels, %.2f ml in the label map (the prompt's own mask, before overlaps: "
+            "%d voxels, %.2f ml); detections on %d slice(s)",
             e["value"],
             e["prompt"],
             e["voxels"],
             e["volume_ml"],
+            e["prompt_mask_voxels"],
+            e["prompt_mask_volume_ml"],
             e["slices_with_detections"],
         )
     return legend
@@ -435,76 +300,121 @@ def _done_record(out_dir: Path, prompts: list[str]) -> dict | None:
     return None
 
 
-class _Summary:
-    """summary.csv, rewritten at the start, then one flushed append per finished input."""
+@dataclass
+class _Outcome:
+    """What one input contributed to the batch files; merged across ranks in input order."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-            csv.DictWriter(fh, SUMMARY_FIELDS).writeheader()
-
-    def add(self, rows: list[dict]) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, SUMMARY_FIELDS).writerows(rows)
-            fh.flush()
+    index: int
+    file: str
+    rows: list[dict]
+    status: str  # processed | skipped | failed
+    coco_image: dict | None = None
+    coco_anns: list[dict] = field(default_factory=list)
+    error: str | None = None
 
 
 def run_batch(
-    predictor, inputs: Sequence[str | Path], output_dir: str | Path, opts: InferenceOptions, skip_existing: bool = False
+    predictor,
+    inputs: Sequence[str | Path],
+    output_dir: str | Path,
+    opts: InferenceOptions,
+    skip_existing: bool = False,
+    dist_info: DistInfo | None = None,
 ) -> BatchReport:
-    """Process every input with ``predictor``; see the module docstring for what is written."""
+    """Process every input with ``predictor``; see the module docstring for what is written.
+
+    Under torchrun (``dist_info`` with ``world_size > 1``) each rank takes a share of the inputs
+    balanced by size on disk (:func:`~.distributed.shard_by_size`), writes its per-input folders
+    and a live ``summary.rank<r>.csv``; at the end rank 0 gathers every rank's outcomes and writes
+    ``summary.csv``, ``coco_*.json`` and ``failures.json`` exactly as a one-process run would
+    (same rows, same image ids, same bytes), then removes the rank parts. A rank that dies leaves
+    its finished inputs on disk, and a rerun with ``skip_existing`` picks them up.
+    """
+    dist_info = dist_info or DistInfo()
     inputs = [Path(p) for p in inputs]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    names = output_names(inputs)
+    names = output_names(inputs)  # over all inputs: every rank names folders alike
     category_ids = {p: i + 1 for i, p in enumerate(opts.prompts)}
     report = BatchReport(output_dir, total=len(inputs))
-    summary = _Summary(output_dir / "summary.csv")
-    coco_images: list[dict] = []
-    coco_anns: list[dict] = []
-
-    def add_image(image_id: int, path: Path, record: dict) -> None:
-        coco_images.append(
-            {"id": image_id, "file_name": str(path), "height": record["height"], "width": record["width"]}
+    if dist_info.enabled:
+        mine = shard_by_size([path_bytes(p) for p in inputs], dist_info.world_size)[dist_info.rank]
+        logger.info(
+            "rank %d of %d: %d of %d input(s), %.1f MB",
+            dist_info.rank,
+            dist_info.world_size,
+            len(mine),
+            len(inputs),
+            sum(path_bytes(inputs[i]) for i in mine) / 1e6,
         )
-        coco_anns.extend(coco_results(record, image_id, category_ids))
+        summary = SummaryWriter(output_dir / f"summary.rank{dist_info.rank}.csv")
+    else:
+        mine = list(range(len(inputs)))
+        summary = SummaryWriter(output_dir / "summary.csv")
+    outcomes: list[_Outcome] = []
+
+    def coco_entries(image_id: int, path: Path, record: dict) -> tuple[dict, list[dict]]:
+        image = {"id": image_id, "file_name": str(path), "height": record["height"], "width": record["width"]}
+        return image, coco_results(record, image_id, category_ids)
+
+    def finish(outcome: _Outcome) -> None:
+        outcomes.append(outcome)
+        summary.add(outcome.rows)
+        path = inputs[outcome.index]
+        if outcome.status == "failed":
+            report.failures.append((path, outcome.error))
+        else:
+            getattr(report, outcome.status).append(path)
 
     t_start = time.perf_counter()
+    completed = False
     try:
         with (
             logging_redirect_tqdm(),
-            tqdm(total=len(inputs), unit="file", desc="inputs", disable=not opts.progress, dynamic_ncols=True) as bar,
+            tqdm(
+                total=len(mine),
+                unit="file",
+                desc="inputs" if not dist_info.enabled else f"rank {dist_info.rank} inputs",
+                disable=not opts.progress or not dist_info.is_main,
+                dynamic_ncols=True,
+            ) as bar,
         ):
-            for image_id, (path, name) in enumerate(zip(inputs, names), start=1):
+            for index in mine:
+                path, image_id = inputs[index], index + 1
                 bar.set_postfix_str(path.name, refresh=False)
-                out_dir = output_dir / name
+                out_dir = output_dir / names[index]
                 record = _done_record(out_dir, opts.prompts) if skip_existing else None
                 if record is not None:
                     logger.info("%s: already done in %s, skipped", path, out_dir)
-                    report.skipped.append(path)
-                    summary.add(record.get("summary_rows", []))
+                    outcome = _Outcome(index, str(path), record.get("summary_rows", []), "skipped")
                     if record.get("kind") != "volume":
-                        add_image(image_id, path, record)
+                        outcome.coco_image, outcome.coco_anns = coco_entries(image_id, path, record)
+                    finish(outcome)
                     bar.update(1)
                     continue
                 try:
                     loaded = load_input(path, opts.window, opts.volume_index)
                     if loaded.kind == "volume":
                         record = process_volume(predictor, loaded, out_dir, opts)
+                        outcome = _Outcome(index, str(path), record["summary_rows"], "processed")
                     else:
                         record = process_image(predictor, loaded, out_dir, opts)
-                        add_image(image_id, path, record)
-                    summary.add(record["summary_rows"])
-                    report.processed.append(path)
+                        outcome = _Outcome(index, str(path), record["summary_rows"], "processed")
+                        outcome.coco_image, outcome.coco_anns = coco_entries(image_id, path, record)
                 except Exception as exc:  # one bad input must not stop the batch
                     message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
                     logger.error("FAILED %s: %s", path, message)
                     logger.debug("traceback", exc_info=True)
-                    report.failures.append((path, message))
-                    summary.add([summary_row(file=str(path), status="failed", error=message)])
+                    row = summary_row(file=str(path), status="failed", error=message)
+                    outcome = _Outcome(index, str(path), [row], "failed", error=message)
+                finish(outcome)
                 bar.update(1)
+        completed = True
     finally:
-        _write_batch_files(output_dir, report, coco_images, coco_anns, opts.prompts)
+        if not dist_info.enabled:
+            _write_batch_files(output_dir, report.total, outcomes, opts.prompts, summary=False)
+        elif completed:  # an interrupted rank must not wait for the others: its parts stay for --skip-existing
+            report = _merge_ranks(output_dir, report, outcomes, opts.prompts, dist_info)
         elapsed = time.perf_counter() - t_start
         done = len(report.processed) + len(report.skipped)
         logger.info(
@@ -525,19 +435,49 @@ def run_batch(
     return report
 
 
+def _merge_ranks(
+    output_dir: Path, local: BatchReport, outcomes: list[_Outcome], prompts: list[str], dist_info: DistInfo
+) -> BatchReport:
+    """Rank 0 writes the batch files from every rank's outcomes; all ranks wait for it to finish.
+
+    Rank 0's report covers the whole batch (its exit code is the batch's); the others keep theirs.
+    """
+    gathered = gather_to_main(outcomes)
+    report = local
+    if gathered is not None:
+        merged = sorted((o for part in gathered for o in part), key=lambda o: o.index)
+        report = BatchReport(output_dir, total=local.total)
+        for o in merged:
+            if o.status == "failed":
+                report.failures.append((Path(o.file), o.error))
+            else:
+                getattr(report, o.status).append(Path(o.file))
+        _write_batch_files(output_dir, local.total, merged, prompts, summary=True)
+        for r in range(dist_info.world_size):
+            (output_dir / f"summary.rank{r}.csv").unlink(missing_ok=True)
+    barrier()  # nobody exits (and makes torchrun stop the others) before the files are written
+    return report
+
+
 def _write_batch_files(
-    output_dir: Path, report: BatchReport, images: list[dict], anns: list[dict], prompts: list[str]
+    output_dir: Path, total: int, outcomes: list[_Outcome], prompts: list[str], summary: bool
 ) -> None:
+    """``failures.json``, ``coco_images.json``/``coco_results.json`` (and, merging ranks, ``summary.csv``)."""
+    outcomes = sorted(outcomes, key=lambda o: o.index)
+    if summary:
+        write_summary(output_dir / "summary.csv", [row for o in outcomes for row in o.rows])
+    failures = [o for o in outcomes if o.status == "failed"]
     write_json(
         {
-            "total": report.total,
-            "failed": len(report.failures),
-            "failures": [{"file": str(p), "error": e} for p, e in report.failures],
+            "total": total,
+            "failed": len(failures),
+            "failures": [{"file": o.file, "error": o.error} for o in failures],
         },
         output_dir / "failures.json",
     )
+    images = [o.coco_image for o in outcomes if o.coco_image is not None]
     if images:
-        images = sorted(images, key=lambda im: im["id"])
+        anns = [a for o in outcomes for a in o.coco_anns]
         write_json(
             {
                 "info": {"description": "medsam3 batch inference; category = text prompt"},
@@ -547,11 +487,6 @@ def _write_batch_files(
             },
             output_dir / "coco_images.json",
         )
-        write_json(sorted(anns, key=lambda a: a["image_id"]), output_dir / "coco_results.json")
+        write_json(anns, output_dir / "coco_results.json")
         if not anns:
             logger.warning("no 2D detections: coco_results.json is empty (pycocotools' loadRes rejects an empty list)")
-
-
-def load_summary(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))

@@ -66,6 +66,11 @@ def select_vision(vision: Sam3VisionEncoderOutput, image_index) -> Sam3VisionEnc
     """The vision features of ``image_index[i]`` for each prompt row ``i``.
 
     One image: its features are broadcast (``expand``, no copy); several: gathered per row.
+
+    On CPU, bf16 features (from a bf16 autocast vision pass) are handed on as fp32: SAM3's
+    geometry encoder casts bf16 features to fp16 for ``roi_align``, and CPU autocast rejects fp16
+    inputs ("Unexpected floating ScalarType in at::autocast::prioritize"). Autocast still runs the
+    prompt path's matmuls in bf16.
     """
     first = vision.fpn_hidden_states[0]
     if first.shape[0] == 1:
@@ -73,6 +78,9 @@ def select_vision(vision: Sam3VisionEncoderOutput, image_index) -> Sam3VisionEnc
     else:
         idx = torch.as_tensor(image_index, device=first.device)
         pick = lambda t: t.index_select(0, idx)  # noqa: E731
+    if first.device.type == "cpu" and first.dtype == torch.bfloat16:
+        pick_as_is = pick
+        pick = lambda t: pick_as_is(t.float())  # noqa: E731
     return Sam3VisionEncoderOutput(
         fpn_hidden_states=tuple(pick(t) for t in vision.fpn_hidden_states),
         fpn_position_encoding=tuple(pick(t) for t in vision.fpn_position_encoding),
@@ -185,7 +193,20 @@ class Predictor:
             model, processor, device=device or cfg.hardware.device, precision=precision or cfg.hardware.precision
         )
         predictor.adapter_origin = origin
+        if cfg.hardware.use_compile:
+            predictor.compile_vision_encoder()
         return predictor
+
+    def compile_vision_encoder(self) -> None:
+        """``torch.compile`` the vision encoder in place (``hardware.use_compile``).
+
+        Only the vision encoder: it is ~90% of the work and sees one input shape per resolution,
+        while the prompt path's batch size varies from call to call. Compiled in place
+        (``Module.compile``), so parameter names, adapters and state dicts are unchanged. The first
+        image pays the compilation (tens of seconds on CPU); see the README for measured effects.
+        """
+        self.model.vision_encoder.compile(dynamic=False)
+        logger.info("vision encoder compiled with torch.compile (first image compiles it)")
 
     # -- internals -----------------------------------------------------------------------------
     def _autocast(self):
@@ -266,14 +287,19 @@ class Predictor:
                 input_boxes_labels=input_labels,
             )
 
-    def _decode(
+    def predict_rows(
         self,
-        vision,
-        sizes,
+        vision: Sam3VisionEncoderOutput,
+        sizes: list[tuple[int, int]],
         rows: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]],
         threshold: float,
         nms_iou: float | None,
     ) -> list[Detections]:
+        """Detections for (image index, prompt, (boxes, labels)) rows over features from :meth:`encode_images`.
+
+        Rows go through the model ``prompt_batch_size`` at a time; each row is thresholded and
+        NMS'd before its surviving masks are upsampled (:func:`.postprocess.postprocess_query_outputs`).
+        """
         results: list[Detections] = []
         for start in range(0, len(rows), self.prompt_batch_size):
             chunk = rows[start : start + self.prompt_batch_size]
@@ -325,7 +351,7 @@ class Predictor:
         prompts = self._check_prompts(prompts)
         per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         rows = [(0, p, b) for p, b in zip(prompts, per_prompt_boxes)]
-        return self._decode(self._vision, [self._size], rows, threshold, nms_iou)
+        return self.predict_rows(self._vision, [self._size], rows, threshold, nms_iou)
 
     def predict_images(
         self,
@@ -347,5 +373,5 @@ class Predictor:
         per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         vision, sizes = self.encode_images(images)
         rows = [(i, p, b) for i in range(len(sizes)) for p, b in zip(prompts, per_prompt_boxes)]
-        flat = self._decode(vision, sizes, rows, threshold, nms_iou)
+        flat = self.predict_rows(vision, sizes, rows, threshold, nms_iou)
         return [flat[i * len(prompts) : (i + 1) * len(prompts)] for i in range(len(sizes))]

@@ -12,6 +12,10 @@ overlap on a slice, the voxel goes to the prompt whose detection covering it sco
 Optional 3D clean-up (largest connected component, hole filling) is applied to each prompt's
 binary volume; a voxel then keeps its winning label if that prompt still covers it, else the
 first prompt (in prompt order) that does.
+
+Two volumes per prompt, never confused: what the label map holds for its value (what a user
+receives in ``labels.nii.gz``) and the prompt's own mask before overlaps are resolved (what
+``--binary-masks`` writes). :meth:`VolumeSegmentation.legend` reports both, named as such.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ class VolumeSegmentation:
     Attributes:
         labels: label volume with the input's shape (uint8/uint16), 0 = background,
             ``i + 1`` = ``prompts[i]``.
-        masks: one boolean volume per prompt (after the optional 3D clean-up; may overlap).
+        masks: one boolean volume per prompt, its own mask before overlaps are resolved (after the
+            optional 3D clean-up; masks of different prompts may overlap).
         prompts: the prompts, in label order.
         axis: voxel axis the slices were cut along; ``geometry`` says how they were displayed.
         detections: per prompt, detections summed over slices.
@@ -88,20 +93,28 @@ class VolumeSegmentation:
     seconds: float
     settings: dict = field(default_factory=dict)
 
-    def voxels(self, index: int) -> int:
-        return int(self.masks[index].sum())
+    def label_voxels(self) -> list[int]:
+        """Per prompt, the voxels of its value in the label map (overlaps resolved)."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.prompts) + 1)
+        return [int(c) for c in counts[1 : len(self.prompts) + 1]]
 
-    def volume_ml(self, index: int) -> float:
-        return self.voxels(index) * self.voxel_ml
+    def mask_voxels(self, index: int) -> int:
+        """Voxels of the prompt's own mask, before overlaps with other prompts are resolved."""
+        return int(np.count_nonzero(self.masks[index]))
 
     def legend(self) -> list[dict]:
-        """One entry per label value: prompt, voxels, volume in ml, detections."""
+        """One entry per label value: what the label map holds for it (``voxels``, ``volume_ml``),
+        the prompt's own mask before overlaps (``prompt_mask_voxels``, ``prompt_mask_volume_ml``),
+        detections."""
+        in_labels = self.label_voxels()
         return [
             {
                 "value": i + 1,
                 "prompt": p,
-                "voxels": self.voxels(i),
-                "volume_ml": round(self.volume_ml(i), 6),
+                "voxels": in_labels[i],
+                "volume_ml": round(in_labels[i] * self.voxel_ml, 6),
+                "prompt_mask_voxels": self.mask_voxels(i),
+                "prompt_mask_volume_ml": round(self.mask_voxels(i) * self.voxel_ml, 6),
                 "detections": self.detections[i],
                 "slices_with_detections": self.slices_with_detections[i],
                 "max_score": round(self.max_scores[i], 6),

@@ -6,7 +6,16 @@ images or training.
 """
 
 from .lora_targets import COMPONENTS, TARGET_RULES, TargetRule, select_lora_targets
-from .sam3 import ModelLoadError, add_lora, build_lora_config, load_base_model, resolve_device, unwrap
+from .sam3 import (
+    ModelLoadError,
+    add_lora,
+    build_lora_config,
+    count_lora_layers,
+    load_base_model,
+    load_processor,
+    resolve_device,
+    unwrap,
+)
 
 __all__ = [
     "COMPONENTS",
@@ -15,7 +24,9 @@ __all__ = [
     "TargetRule",
     "add_lora",
     "build_lora_config",
+    "count_lora_layers",
     "load_base_model",
+    "load_processor",
     "resolve_device",
     "select_lora_targets",
     "unwrap",

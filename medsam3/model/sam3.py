@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import Sam3Config, Sam3Model, Sam3Processor
 
 from ..config import LoraConfigSection, ModelConfig
 from .lora_targets import select_lora_targets
 
-__all__ = ["ModelLoadError", "add_lora", "build_lora_config", "load_base_model", "resolve_device", "unwrap"]
+__all__ = [
+    "ModelLoadError",
+    "add_lora",
+    "build_lora_config",
+    "count_lora_layers",
+    "load_base_model",
+    "load_processor",
+    "resolve_device",
+    "unwrap",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +45,8 @@ def resolve_device(spec: str | None) -> torch.device:
     return device
 
 
-def load_base_model(model_cfg: ModelConfig) -> tuple[Sam3Model, Sam3Processor]:
-    """Load SAM3 and its processor from a local directory or the hub (``model.name``)."""
+def _source(model_cfg: ModelConfig, local_files_only: bool) -> tuple[str, bool, dict]:
+    """(what to pass to from_pretrained, is it a local dir, its keyword arguments); bad paths raise."""
     name = model_cfg.name
     local = Path(name).expanduser()
     is_local = local.is_dir()
@@ -43,8 +54,48 @@ def load_base_model(model_cfg: ModelConfig) -> tuple[Sam3Model, Sam3Processor]:
         raise ModelLoadError(f"model.name={name!r}: no such directory (give a local SAM3 checkpoint dir or a hub id)")
     if is_local and not (local / "config.json").is_file():
         raise ModelLoadError(f"model.name={name!r}: directory has no config.json; it is not a transformers checkpoint")
-    source = str(local) if is_local else name
-    kwargs = {} if is_local else {"cache_dir": model_cfg.cache_dir, "revision": model_cfg.revision}
+    kwargs = (
+        {}
+        if is_local
+        else {"cache_dir": model_cfg.cache_dir, "revision": model_cfg.revision, "local_files_only": local_files_only}
+    )
+    return (str(local) if is_local else name), is_local, kwargs
+
+
+def _load_error(source: str, is_local: bool, exc: Exception) -> ModelLoadError:
+    reason = " ".join(str(exc).split()).rstrip(".")
+    hint = (
+        "check that the directory holds a complete SAM3 checkpoint (config.json, model.safetensors, processor files)"
+        if is_local
+        else f"warm the cache where the hub is reachable (medsam3-download --set model.name={source}) or point "
+        f"model.name at a local copy; gated repositories (facebook/sam3) need access requested on their page "
+        f"and `hf auth login`"
+    )
+    return ModelLoadError(f"could not load SAM3 from {source!r} ({reason}); {hint}")
+
+
+def load_processor(model_cfg: ModelConfig, local_files_only: bool = False) -> Sam3Processor:
+    """The processor alone (a few small files): training reads the input size from it before the model loads."""
+    source, is_local, kwargs = _source(model_cfg, local_files_only)
+    try:
+        processor = Sam3Processor.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise _load_error(source, is_local, exc) from exc
+    if model_cfg.resolution is not None:
+        processor.image_processor.size = {"height": model_cfg.resolution, "width": model_cfg.resolution}
+    return processor
+
+
+def load_base_model(
+    model_cfg: ModelConfig, local_files_only: bool = False, processor: Sam3Processor | None = None
+) -> tuple[Sam3Model, Sam3Processor]:
+    """Load SAM3 and its processor from a local directory or the hub (``model.name``).
+
+    ``local_files_only``: the hub was found unusable beforehand (see :mod:`medsam3.adapters.hub`), so
+    the cache is read without trying the network (no timeouts, no retries). ``processor``: one
+    already loaded by :func:`load_processor` from the same ``model_cfg``.
+    """
+    source, is_local, kwargs = _source(model_cfg, local_files_only)
     try:
         if model_cfg.resolution is not None:
             # The ViT's global-attention positions are built from config.image_size: set it before building.
@@ -54,17 +105,12 @@ def load_base_model(model_cfg: ModelConfig) -> tuple[Sam3Model, Sam3Processor]:
         else:
             kwargs_model = kwargs
         model = Sam3Model.from_pretrained(source, **kwargs_model)
-        processor = Sam3Processor.from_pretrained(source, **kwargs)
     except OSError as exc:
-        raise ModelLoadError(
-            f"could not load SAM3 from {source!r}: {exc}. If you are offline, point model.name at a local copy "
-            f"or warm the cache (hf download {source}); facebook/sam3 is gated: run `hf auth login` after "
-            f"requesting access on its model page."
-        ) from exc
+        raise _load_error(source, is_local, exc) from exc
     if model.config.model_type not in ("sam3", "sam3_video"):
         raise ModelLoadError(f"{source!r} is a {model.config.model_type!r} checkpoint, not SAM3")
-    if model_cfg.resolution is not None:
-        processor.image_processor.size = {"height": model_cfg.resolution, "width": model_cfg.resolution}
+    if processor is None:
+        processor = load_processor(model_cfg, local_files_only)
     return model.eval(), processor
 
 
@@ -91,14 +137,19 @@ def add_lora(
     model: Sam3Model, lora: LoraConfigSection, rank: int | None = None, alpha: float | None = None
 ) -> PeftModel:
     """Wrap the configured layers with fresh LoRA adapters (B = 0, so outputs are unchanged)."""
-    peft_model = get_peft_model(model, build_lora_config(model, lora, rank, alpha))
-    logger.info(
-        "LoRA on %d layers, rank %s, alpha %s",
-        len(peft_model.peft_config["default"].target_modules),
-        peft_model.peft_config["default"].r,
-        peft_model.peft_config["default"].lora_alpha,
-    )
+    config = build_lora_config(model, lora, rank, alpha)
+    with warnings.catch_warnings():
+        # PEFT's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` property:
+        # PEFT's call, not ours, so only that one FutureWarning is filtered, only here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
+    logger.info("LoRA on %d layers, rank %s, alpha %s", count_lora_layers(peft_model), config.r, config.lora_alpha)
     return peft_model
+
+
+def count_lora_layers(model: torch.nn.Module) -> int:
+    """LoRA-wrapped layers actually in ``model`` (PEFT may store target_modules compressed to suffixes)."""
+    return sum(isinstance(m, LoraLayer) for m in model.modules())
 
 
 def unwrap(model: torch.nn.Module) -> Sam3Model:

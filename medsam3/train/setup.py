@@ -1,5 +1,6 @@
-"""Setting a run up from the config: data splits, gradient checkpointing, and a report of every key
-that is set but cannot take effect here (so no ``training.*`` key is silently ignored)."""
+"""Setting a run up from the config: data splits (:mod:`.data_paths`) and datasets, the model with LoRA (and
+gradient checkpointing), and a report of every key that is set but cannot take effect here (so no ``training.*``
+key is silently ignored)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,26 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
-from ..data import resolve_split
+from ..data.coco import CocoConceptDataset
+from ..data.transforms import AugmentConfig
+from ..model import add_lora, load_base_model
+from .data_paths import SplitPaths, split_paths
 from .distributed import DistInfo
 
-__all__ = ["enable_gradient_checkpointing", "report_config", "split_paths"]
+__all__ = [
+    "TrainingError",
+    "build_datasets",
+    "build_model",
+    "enable_gradient_checkpointing",
+    "report_config",
+    "split_paths",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingError(ValueError):
+    """A training setup problem the user can fix (data paths, config)."""
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> int:
@@ -37,27 +52,51 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     return count
 
 
-def split_paths(cfg: Config, split: str):
-    t = cfg.training
-    path, ann = (
-        (t.train_data_path, t.train_annotation_file) if split == "train" else (t.val_data_path, t.val_annotation_file)
+def build_datasets(
+    cfg: Config, train: SplitPaths, valid: SplitPaths | None, resolution: int
+) -> tuple[CocoConceptDataset, CocoConceptDataset | None]:
+    """The train split (augmented, synonyms on) and the validation split (neither), at ``resolution``."""
+    t, aug = cfg.training, cfg.augmentation
+    augment = AugmentConfig(
+        hflip_prob=aug.hflip_prob,
+        vflip_prob=aug.vflip_prob,
+        scale_range=tuple(aug.scale_range),
+        brightness=aug.brightness,
+        contrast=aug.contrast,
     )
-    if t.data_dir:
-        return resolve_split(t.data_dir, split)
-    if ann:
-        return resolve_split(None, split, annotation_file=ann, image_root=path)
-    if path:
-        return resolve_split(path, split)
-    return None
+    # SAM3's mask output size (288 at 1008 px)
+    common = dict(resolution=resolution, num_negatives=t.num_negatives, mask_resolution=(resolution // 14) * 4)
+    train_set = CocoConceptDataset(
+        train.annotation_file, train.image_root, augment=augment, seed=t.seed, use_synonyms=True, **common
+    )
+    val_set = None
+    if valid is not None:
+        val_set = CocoConceptDataset(valid.annotation_file, valid.image_root, seed=t.seed, **common)
+    return train_set, val_set
+
+
+def build_model(cfg: Config, processor, local_only: bool) -> nn.Module:
+    """The base model with LoRA; every weight trainable with ``train_base_model``; checkpointing as asked."""
+    model, _ = load_base_model(cfg.model, local_files_only=local_only, processor=processor)
+    model = add_lora(model, cfg.lora)
+    if cfg.training.train_base_model:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if cfg.training.gradient_checkpointing:
+        n = enable_gradient_checkpointing(model)
+        if n == 0:
+            raise TrainingError("training.gradient_checkpointing: this model has no checkpointable layers")
+        logger.info("gradient checkpointing on %d layers", n)
+    return model
 
 
 def report_config(cfg: Config, device: torch.device, dist_info: DistInfo) -> list[str]:
     """Log every key that is set but cannot take effect here; returns the messages (for tests)."""
     t, notes = cfg.training, []
-    if t.mixed_precision != "no" and device.type != "cuda":
+    if t.mixed_precision == "fp16" and device.type != "cuda":
         notes.append(
-            f"training.mixed_precision={t.mixed_precision!r} has no effect on {device.type}: autocast "
-            f"applies on CUDA only, training runs in fp32"
+            f"training.mixed_precision='fp16' has no effect on {device.type}: fp16 autocast (with its "
+            f"gradient scaler) applies on CUDA only, training runs in fp32; 'bf16' works on CPU too"
         )
     if device.type == "cuda" and t.mixed_precision == "bf16" and not torch.cuda.is_bf16_supported():
         notes.append("training.mixed_precision='bf16' is not supported by this GPU; use 'fp16' or 'no'")

@@ -3,7 +3,7 @@
 ``train(cfg)`` does, in order: join the process group (torchrun) and pick the device; seed; load
 SAM3 and add LoRA; build the train/valid datasets and a resumable, seeded sampler; AdamW and the
 warmup + cosine/linear/constant schedule; then per optimizer step: ``gradient_accumulation_steps``
-micro-batches (vision once per image, one row per query, geometry CLS, autocast on CUDA), the SAM3
+micro-batches (vision once per image, one row per query, geometry CLS, bf16/fp16 autocast as configured), the SAM3
 loss normalised by the window's instance count across ranks, gradient clipping, step. Every
 ``logging_steps`` a JSONL line (+ TensorBoard); every ``eval_steps`` validation (loss, and Dice/IoU
 through ``Predictor``); every ``save_steps`` a checkpoint. See ``checkpoint.py`` for the layout.
@@ -14,7 +14,6 @@ Every ``training.*`` key takes effect or is reported (``report_config``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -28,16 +27,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..adapters.hub import prepare_hub
 from ..adapters.peft_format import save_adapter
 from ..config import Config
-from ..data import (
-    AugmentConfig,
-    CocoConceptDataset,
-    DatasetError,
-    collate,
-)
-from ..model import add_lora, load_base_model
-from ..outputs import atomic_path, write_json
+
+# From the modules, not the lazy package: `medsam3.data.collate` the module would shadow the function.
+from ..data.coco import DatasetError
+from ..data.collate import collate
+from ..model import load_processor
+from ..outputs import write_json
 from .checkpoint import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE,
@@ -48,12 +46,14 @@ from .checkpoint import (
     resolve_resume,
     save_trainable,
 )
+from .data_paths import NO_TRAINING_DATA
 from .distributed import all_reduce_sum, barrier, init_distributed
 from .forward import TrainForward, batch_inputs
 from .loss import LossWeights, Sam3Loss
 from .runtime import SkipSampler, StopRequest, rng_state, seed_everything, set_rng_state
+from .saving import drop_log_lines_after, save_trained, trained_metadata
 from .schedule import build_optimizer, build_scheduler, total_optimizer_steps
-from .setup import enable_gradient_checkpointing, report_config, split_paths
+from .setup import TrainingError, build_datasets, build_model, report_config, split_paths
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "train"]
 
@@ -62,10 +62,6 @@ logger = logging.getLogger(__name__)
 LOG_FILE = "train_log.jsonl"
 BEST_ADAPTER = "best_lora_weights"
 LAST_ADAPTER = "last_lora_weights"
-
-
-class TrainingError(ValueError):
-    """A training setup problem the user can fix (data paths, config)."""
 
 
 @dataclass
@@ -94,26 +90,42 @@ class Trainer:
 
         # -- precision
         self.amp_dtype = None
-        if self.device.type == "cuda" and t.mixed_precision != "no":
-            self.amp_dtype = torch.bfloat16 if t.mixed_precision == "bf16" else torch.float16
+        if t.mixed_precision == "bf16":  # CUDA and CPU alike (CPU autocast has bf16; AMX runs it fast)
+            self.amp_dtype = torch.bfloat16
+        elif self.device.type == "cuda" and t.mixed_precision == "fp16":
+            self.amp_dtype = torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
 
-        # -- model
-        seed_everything(t.seed)
-        model, self.processor = load_base_model(cfg.model)
+        # -- data, before the model: a wrong folder or annotation file is reported in a moment, not after a
+        # multi-GB download and load. The processor (a few small files) gives the input size.
+        train_paths = split_paths(cfg, "train")
+        if train_paths is None:
+            raise TrainingError(NO_TRAINING_DATA)
+        try:
+            val_paths = split_paths(cfg, "valid")
+        except FileNotFoundError as exc:
+            val_paths = None
+            if self.is_main:
+                logger.warning("no validation split (%s); validation and best_lora_weights are skipped", exc)
+        local_only = prepare_hub(cfg, "none")  # offline or not, decided once; a missing base named in one line
+        self.processor = load_processor(cfg.model, local_files_only=local_only)
         if cfg.model.resolution is None:
             self.resolution = int(self.processor.image_processor.size["height"])
         else:
             self.resolution = cfg.model.resolution
-        self.model = add_lora(model, cfg.lora)
-        if t.train_base_model:
-            for p in self.model.parameters():
-                p.requires_grad_(True)
-        if t.gradient_checkpointing:
-            n = enable_gradient_checkpointing(self.model)
-            if n == 0:
-                raise TrainingError("training.gradient_checkpointing: this model has no checkpointable layers")
-            logger.info("gradient checkpointing on %d layers", n)
+        self.train_set, self.val_set = build_datasets(cfg, train_paths, val_paths, self.resolution)
+        if self.is_main:
+            logger.info(
+                "train: %d images, %d concepts (%s); valid: %s",
+                len(self.train_set),
+                len(self.train_set.prompts),
+                ", ".join(self.train_set.prompts[:10]),
+                f"{len(self.val_set)} images" if self.val_set else "none",
+            )
+
+        # -- model
+        seed_everything(t.seed)
+        self.model = build_model(cfg, self.processor, local_only)
         self.model.to(self.device).train()
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.model.parameters())
@@ -128,47 +140,6 @@ class Trainer:
         else:
             self.ddp = self.forward
 
-        # -- data
-        mask_resolution = (self.resolution // 14) * 4  # SAM3's mask output size (288 at 1008 px)
-        aug = cfg.augmentation
-        augment = AugmentConfig(
-            hflip_prob=aug.hflip_prob,
-            vflip_prob=aug.vflip_prob,
-            scale_range=tuple(aug.scale_range),
-            brightness=aug.brightness,
-            contrast=aug.contrast,
-        )
-        train_paths = split_paths(cfg, "train")
-        if train_paths is None:
-            raise TrainingError(
-                "no training data: set training.data_dir, training.train_data_path or training.train_annotation_file"
-            )
-        common = dict(resolution=self.resolution, num_negatives=t.num_negatives, mask_resolution=mask_resolution)
-        self.train_set = CocoConceptDataset(
-            train_paths.annotation_file,
-            train_paths.image_root,
-            augment=augment,
-            seed=t.seed,
-            use_synonyms=True,
-            **common,
-        )
-        self.val_set = None
-        try:
-            val_paths = split_paths(cfg, "valid")
-        except FileNotFoundError as exc:
-            val_paths = None
-            if self.is_main:
-                logger.warning("no validation split (%s); validation and best_lora_weights are skipped", exc)
-        if val_paths is not None:
-            self.val_set = CocoConceptDataset(val_paths.annotation_file, val_paths.image_root, seed=t.seed, **common)
-        if self.is_main:
-            logger.info(
-                "train: %d images, %d concepts (%s); valid: %s",
-                len(self.train_set),
-                len(self.train_set.prompts),
-                ", ".join(self.train_set.prompts[:10]),
-                f"{len(self.val_set)} images" if self.val_set else "none",
-            )
         self.sampler = DistributedSampler(
             self.train_set,
             num_replicas=self.dist.world_size,
@@ -266,16 +237,8 @@ class Trainer:
                 state.get("world_size", 1),
                 self.dist.world_size,
             )
-        log = self.output_dir / LOG_FILE
-        if self.is_main and log.is_file():
-            # Lines written after this checkpoint by the interrupted run are replayed now: drop them.
-            kept = [
-                line
-                for line in log.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.global_step
-            ]
-            with atomic_path(log) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if self.is_main:
+            drop_log_lines_after(self.output_dir / LOG_FILE, self.global_step)
         if self.is_main:
             logger.info(
                 "resumed from %s at step %d (epoch %d, batch %d)",
@@ -285,35 +248,14 @@ class Trainer:
                 self.batches_done,
             )
 
-    def _metadata(self) -> dict[str, Any]:
-        return {
-            "source": "medsam3 training",
-            "step": self.global_step,
-            "base_model": self.cfg.model.name,
-            "rank": self.cfg.lora.rank,
-            "alpha": self.cfg.lora.alpha,
-            "concepts": self.train_set.prompts,
-            "resolution": self.resolution,
-        }
-
-    def _full_models(self) -> bool:
-        return (not self.cfg.output.save_lora_only) or self.cfg.training.train_base_model
+    def _metadata(self, full_model: str | None = None) -> dict[str, Any]:
+        return trained_metadata(
+            self.cfg, self.model, self.train_set.prompts, self.global_step, self.resolution, full_model
+        )
 
     def _save_named(self, name: str) -> None:
-        """best_/last_ adapter (PEFT dir, what Predictor loads) and, if asked, the merged full model."""
-        with atomic_dir(self.output_dir / name) as tmp:
-            save_adapter(self.model, tmp, metadata=self._metadata())
-        if self._full_models():
-            model_name = name.replace("_lora_weights", "_model")
-            with atomic_dir(self.output_dir / model_name) as tmp:
-                merged = copy.deepcopy(self.model).merge_and_unload()
-                merged.save_pretrained(str(tmp))
-                self.processor.save_pretrained(str(tmp))
-            logger.info(
-                "full model -> %s (load it with model.name=%s and --weights none)",
-                self.output_dir / model_name,
-                self.output_dir / model_name,
-            )
+        with_full_model = (not self.cfg.output.save_lora_only) or self.cfg.training.train_base_model
+        save_trained(self.model, self.processor, self.output_dir / name, self._metadata, with_full_model)
 
     def save_checkpoint(self) -> Path | None:
         path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"

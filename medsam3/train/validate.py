@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import CocoConceptDataset, collate, load_rgb_image
+from ..data.coco import CocoConceptDataset
+from ..data.collate import collate  # the module, not the lazy package (whose `collate` may be the submodule)
+from ..data.transforms import load_rgb_image
 from ..evaluation.metrics import dice, iou
 from ..inference.predictor import Predictor
 from ..outputs import write_json

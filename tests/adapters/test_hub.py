@@ -7,6 +7,7 @@ import torch
 from huggingface_hub import errors as hub_errors
 
 from medsam3.adapters import hub
+from medsam3.adapters.errors import HubUnavailableError
 from medsam3.adapters.hub import parse_hub_ref
 from medsam3.adapters.loading import read_adapter
 from medsam3.adapters.peft_format import AdapterError
@@ -51,8 +52,9 @@ def test_offline_with_warm_cache_uses_real_huggingface_hub(tmp_path, tiny_upstre
 
 
 def test_offline_with_cold_cache_says_what_to_do(tmp_path):
-    with pytest.raises(AdapterError, match="not in the local cache.*HF_HUB_OFFLINE=0"):
+    with pytest.raises(HubUnavailableError, match="not in the local cache.*medsam3-download --weights lal-Joey") as err:
         read_adapter("lal-Joey/MedSAM3_v1:best_lora_weights.pt", cache_dir=str(tmp_path / "empty"))
+    assert "HF_HUB_OFFLINE=0" not in str(err.value)
 
 
 def http_error(cls, status):
@@ -71,16 +73,16 @@ def http_error(cls, status):
         ),
         (lambda: http_error(hub_errors.RepositoryNotFoundError, 404), "repository not found.*hf auth login"),
         (lambda: http_error(hub_errors.RevisionNotFoundError, 404), "revision"),
-        (lambda: hub_errors.OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE=0"),
+        (lambda: hub_errors.OfflineModeIsEnabled("offline"), "cannot be reached.*medsam3-download"),
         (lambda: http_error(hub_errors.HfHubHTTPError, 500), "download failed"),
     ],
 )
 def test_hub_failures_are_one_actionable_line(monkeypatch, error, expected):
-    def stub(repo_id, filename, revision=None, cache_dir=None):
+    def stub(repo_id, filename, revision=None, cache_dir=None, **kwargs):
         raise error()
 
     monkeypatch.setattr(hub, "hf_hub_download", stub)
-    with pytest.raises(AdapterError, match=expected) as err:
+    with pytest.raises((AdapterError, HubUnavailableError), match=expected) as err:
         read_adapter("lal-Joey/MedSAM3_v1@main")
     assert "\n" not in str(err.value)
 
@@ -88,7 +90,7 @@ def test_hub_failures_are_one_actionable_line(monkeypatch, error, expected):
 def test_hub_tries_peft_then_upstream_file(monkeypatch, tiny_upstream_pt):
     asked = []
 
-    def stub(repo_id, filename, revision=None, cache_dir=None):
+    def stub(repo_id, filename, revision=None, cache_dir=None, **kwargs):
         asked.append(filename)
         if filename == "best_lora_weights.pt":
             return str(tiny_upstream_pt)

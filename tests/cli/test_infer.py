@@ -52,7 +52,10 @@ def test_cli_writes_overlay_json_and_masks_matching_the_predictor(tmp_path, tiny
     assert code == 0
 
     overlay = np.asarray(Image.open(out_png))
-    assert overlay.shape == rgb_image.shape and not np.array_equal(overlay, rgb_image)
+    factor = overlay.shape[1] // rgb_image.shape[1]  # a small image is enlarged so its labels stay readable
+    assert factor * rgb_image.shape[1] == overlay.shape[1] and overlay.shape[0] > factor * rgb_image.shape[0]
+    picture = overlay[::factor, ::factor][: rgb_image.shape[0]]
+    assert picture.shape == rgb_image.shape and not np.array_equal(picture, rgb_image)
 
     predictor = Predictor.from_config(load_config(tiny_config), weights="none")
     predictor.set_image(rgb_image)
@@ -116,6 +119,8 @@ def test_cli_box_prompt(tmp_path, tiny_config, image_file):
         ("bad_config", "lora.rnak: unknown key; did you mean 'lora.rank'?"),
         ("bad_override", "expected integer"),
         ("missing_model", "no such directory"),
+        ("list_config_with_set", "the top level must be a mapping"),
+        ("scalar_config", "the top level must be a mapping"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, tiny_config, image_file, capsys, case, expected):
@@ -126,6 +131,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, tiny_config, image_f
         broken = tmp_path / "scan_broken.png"
         broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         args[3] = broken
+        args += ["--weights", "none"]  # else the missing adapter is reported first
     elif case == "empty_prompt":
         args[5] = " "
     elif case == "missing_weights":
@@ -138,6 +144,11 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, tiny_config, image_f
         args += ["--set", "lora.rank=big"]
     elif case == "missing_model":
         args += ["--weights", "none", "--set", f"model.name={tmp_path / 'no_model'}"]
+    elif case in ("list_config_with_set", "scalar_config"):
+        bad = tmp_path / "notamapping.yaml"
+        bad.write_text("- model\n- lora\n" if case == "list_config_with_set" else "42\n")
+        args[1] = bad
+        args += ["--set", "lora.rank=8"] if case == "list_config_with_set" else []
     capsys.readouterr()
     assert run_cli(*args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -177,3 +188,91 @@ def test_script_entry_point(tmp_path, tiny_config, image_file):
         text=True,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_default_overlay_goes_beside_the_image(tmp_path, tiny_config, image_file, monkeypatch):
+    """Not into whatever folder the command was started from."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_cli("--config", tiny_config, "--image", image_file, "--prompt", "liver", "--weights", "none", "-q") == 0
+    assert (image_file.parent / "scan_medsam3.png").is_file() and not list(elsewhere.iterdir())
+
+
+def test_help_examples_version_and_verbosity_flags(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    examples = text.split("examples:")[1].split("exit codes:")[0].splitlines()
+    # every example is a command, or the continuation of the one before it (a line ending in " \\")
+    for before, line in zip([""] + examples, examples):
+        if line.strip():
+            assert line.lstrip().startswith(("python ", "torchrun ")) or before.endswith(" \\"), line
+    for flag in ("--volume-index", "--verbose", "--quiet", "--version"):
+        assert flag in text
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    from importlib.metadata import version
+
+    from medsam3 import __version__
+
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"infer_sam.py (medsam3 {__version__})"
+    assert __version__ == version("medsam3"), "medsam3.__version__ and pyproject's version disagree"
+
+
+_NO_TORCH_CHECK = """
+import runpy, sys
+sys.argv = [{script!r}, *{args!r}]
+code = 0
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print("CODE", code, "HEAVY", sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "script, args, code",
+    [
+        ("infer_sam.py", ["--help"], 0),
+        ("infer_sam.py", ["--version"], 0),
+        ("infer_sam.py", ["--image", "{tmp}/nope.png", "--prompt", "liver"], 2),
+        ("infer_sam.py", ["--image", "{tmp}", "--prompt", "liver", "--set", "lora.rnak=8"], 2),
+        ("infer_sam.py", ["--image", "{tmp}", "--prompt", " "], 2),
+        ("scripts/evaluate.py", ["--help"], 0),
+        ("scripts/evaluate.py", ["--version"], 0),
+        ("scripts/evaluate.py", ["--coco", "{tmp}/nope.json"], 2),
+        ("train_sam3_lora_native.py", ["--help"], 0),
+        ("train_sam3_lora_native.py", ["--version"], 0),
+        ("train_sam3_lora_native.py", ["--config", "{tmp}/nope.yaml"], 2),
+    ],
+)
+def test_help_and_mistakes_answer_before_torch_is_imported(tmp_path, script, args, code):
+    """What makes them quick (scripts/bench_cli_startup.py measures it): torch never loads."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    check = _NO_TORCH_CHECK.format(script=str(REPO / script), args=args)
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip().splitlines()[-1] == f"CODE {code} HEAVY []", done.stdout + done.stderr
+
+
+def test_weight_loading_bar_hidden_download_bars_kept(monkeypatch):
+    """transformers' "Loading weights" bar (every run) goes; hub download bars (first run) stay."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    from medsam3.cli import quiet_weight_loading
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    try:
+        hf_logging.enable_progress_bar()
+        quiet_weight_loading(verbose=True)
+        assert hf_logging.is_progress_bar_enabled()
+        quiet_weight_loading(verbose=False)
+        assert not hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()
+        quiet_weight_loading(verbose=False, quiet=True)  # -q: no bars at all
+        assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
+    finally:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from medsam3.cli.infer import main
-from medsam3.inference.batch import discover_inputs, output_names
+from medsam3.inference.inputs import discover_inputs, output_names
 from medsam3.inference.predictor import Predictor
 from medsam3.outputs import decode_rle
 
@@ -173,8 +173,11 @@ def test_batch_of_20_with_2_corrupt(batch_run, mixed_dir, capsys):
     labels = np.asarray(nib.load(out / "vol1" / "labels.nii.gz").dataobj)
     binary = np.asarray(nib.load(out / "vol1" / "masks" / "01_tumor.nii.gz").dataobj).astype(bool)
     row = by_key[("vol1.nii.gz", "tumor")]
-    assert int(row["voxels"]) == int(binary.sum())
-    assert float(row["volume_ml"]) == pytest.approx(binary.sum() * 0.8 * 0.8 * 4.0 / 1000, rel=1e-5)
+    # voxels/volume: what labels.nii.gz holds for the value; prompt_mask_*: the prompt's own binary mask
+    assert int(row["voxels"]) == int((labels == 2).sum())
+    assert float(row["volume_ml"]) == pytest.approx((labels == 2).sum() * 0.8 * 0.8 * 4.0 / 1000, rel=1e-5)
+    assert int(row["prompt_mask_voxels"]) == int(binary.sum())
+    assert float(row["prompt_mask_volume_ml"]) == pytest.approx(binary.sum() * 0.8 * 0.8 * 4.0 / 1000, rel=1e-5)
     assert labels.shape == (24, 20, 3) and set(np.unique(labels)) <= {0, 1, 2}
 
 
@@ -276,6 +279,8 @@ def test_batch_flag_errors(tiny_config, mixed_dir, tmp_path, capsys):
             tmp_path / "o",
             "--prompt",
             "liver",
+            "--weights",
+            "none",
         )
         == 2
     )
@@ -290,6 +295,8 @@ def test_batch_flag_errors(tiny_config, mixed_dir, tmp_path, capsys):
             "liver",
             "--json",
             tmp_path / "x.json",
+            "--weights",
+            "none",
         )
         == 2
     )

@@ -62,7 +62,9 @@ def test_window_on_16bit_tiff_is_applied_and_logged(tmp_path, tiny_config, tiff1
     record = json.loads((out / "detections.json").read_text())
     assert logged in record["intensity"] and record["prompts"][0]["prompt"] == "liver"
     overlay = np.asarray(Image.open(out / "overlay.png"))
-    assert overlay.shape == read_rgb(tiff16, (3000.0, 2000.0) if window else None).shape
+    rgb = read_rgb(tiff16, (3000.0, 2000.0) if window else None)
+    factor = overlay.shape[1] // rgb.shape[1]  # small images are enlarged, the legend is a strip below
+    assert overlay.shape[1] == factor * rgb.shape[1] and overlay.shape[0] > factor * rgb.shape[0]
     assert not (tmp_path / "output.png").exists()
 
 

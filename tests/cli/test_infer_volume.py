@@ -174,7 +174,7 @@ def test_slices_reach_the_model_in_display_orientation(tiny_config, volume_file,
     """Independently of SliceGeometry: along the image's columns world x (RAS) decreases (patient's
     right on the left) and along its rows world y decreases (anterior at the top)."""
     from medsam3.config import load_config
-    from medsam3.inference.batch import load_input
+    from medsam3.inference.inputs import load_input
     from medsam3.inference.volume import segment_volume
 
     vol = load_input(volume_file, window=(500, 1000)).volume
@@ -235,7 +235,7 @@ def test_real_model_volume_equals_slice_by_slice_predictions(tiny_config, volume
     """No injection: batched slices give what one slice at a time through set_image/predict gives,
     put back with the io layer's own inverse (Volume.labels_from_slices)."""
     from medsam3.config import load_config
-    from medsam3.inference.batch import load_input
+    from medsam3.inference.inputs import load_input
     from medsam3.inference.volume import segment_volume
 
     vol = load_input(volume_file).volume
@@ -303,3 +303,37 @@ def test_dicom_series_in_nifti_out(tmp_path, tiny_config, injected):
     hu = np.asarray(image.dataobj)
     assert set(np.unique(labels[hu > 1500])) == {2}  # the bright block is 'tumor' on both slices
     assert (labels[..., [0, 3]] != 2).all()
+
+
+def test_legend_counts_what_the_label_map_holds_when_prompts_overlap(
+    tmp_path, tiny_config, volume_file, injected, monkeypatch, caplog
+):
+    """'body' covers liver, stray and tumor; where it overlaps 'tumor' (equal scores) the first prompt
+    wins, so value 2 is absent from labels.nii.gz: the legend must say 0 voxels there, and report the
+    tumor's own mask separately, named as such."""
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "PROMPTS", ["body", "tumor"])
+    monkeypatch.setitem(RULES, "body", lambda g: g >= 100)
+    out = tmp_path / "seg"
+    caplog.set_level("INFO")
+    argv = ["--config", tiny_config, "--image", volume_file, "--prompt", "body", "tumor", "--weights", "none"]
+    argv += ["--window", "500,1000", "--output-dir", out, "--binary-masks", "--montage", 0]
+    assert run_cli(*argv) == 0
+    labels = np.asarray(nib.load(out / "labels.nii.gz").dataobj)
+    legend = json.loads((out / "legend.json").read_text())
+    counts = np.bincount(labels.ravel(), minlength=3)
+    voxel_ml = 0.7 * 0.9 * 2.5 / 1000
+    liver, _, stray, tumor = structures()
+    assert counts[2] == 0 and counts[1] == int((liver | stray | tumor).sum()), "the test needs a lost overlap"
+    for entry in legend["labels"][1:]:
+        assert entry["voxels"] == counts[entry["value"]]
+        assert entry["volume_ml"] == pytest.approx(counts[entry["value"]] * voxel_ml, rel=1e-5)
+        own = np.asarray(nib.load(out / "masks" / f"{entry['value'] - 1:02d}_{entry['prompt']}.nii.gz").dataobj)
+        assert entry["prompt_mask_voxels"] == int(own.sum())
+        assert entry["prompt_mask_volume_ml"] == pytest.approx(own.sum() * voxel_ml, rel=1e-5)
+    assert legend["labels"][2]["prompt_mask_voxels"] == int(tumor.sum())
+    summary = [r for r in legend["summary_rows"] if r["prompt"] == "tumor"]
+    assert summary[0]["voxels"] == 0 and summary[0]["prompt_mask_voxels"] == int(tumor.sum())
+    line = next(m for m in caplog.messages if "'tumor'" in m and "voxels" in m)
+    assert line.startswith("  2 = 'tumor': 0 voxels, 0.00 ml in the label map") and f"{tumor.sum()} voxels" in line

@@ -147,6 +147,17 @@ def make_volume(
     return img_path, lab_path
 
 
+def make_eval_set(root: Path, corrupt: bool = False) -> list:
+    """A 2D COCO set (3 images; + an unreadable one with ``corrupt``) and two 3D cases: CLI arguments naming them."""
+    coco = make_coco(root / "coco", corrupt=corrupt)
+    images, labels = root / "imagesTs", root / "labelsTs"
+    make_volume(images, labels, "case1")
+    make_volume(images, labels, "case2", depth=6)
+    prompts = root / "labels.json"
+    prompts.write_text(json.dumps(LABEL_PROMPTS))
+    return ["--coco", coco, "--image-dir", images, "--label-dir", labels, "--label-prompts", prompts]
+
+
 @pytest.fixture
 def data(tmp_path):
     coco = make_coco(tmp_path / "coco")

@@ -107,9 +107,17 @@ def test_overlap_goes_to_the_best_score_and_cleanup_relabels():
     for k in range(4):
         np.testing.assert_array_equal(geo.to_display(seg.labels[..., k]), expected)
     assert seg.detections == [8, 4] and seg.slices_with_detections == [4, 4] and seg.max_scores[0] == pytest.approx(0.9)
-    assert seg.voxels(0) == int(a.sum()) * 4  # binary masks keep the overlap
     legend = seg.legend()
-    assert [e["prompt"] for e in legend] == ["a", "b"] and legend[1]["volume_ml"] == pytest.approx(b.sum() * 4e-3)
+    assert [e["prompt"] for e in legend] == ["a", "b"]
+    # What the label map holds, value by value (the file a user receives) ...
+    for value, entry in zip((1, 2), legend):
+        assert entry["voxels"] == int((expected == value).sum()) * 4 == int((seg.labels == value).sum())
+        assert entry["volume_ml"] == pytest.approx(entry["voxels"] * 1e-3)
+    # ... and, named as such, each prompt's own mask before the overlap went to one of them.
+    assert legend[0]["prompt_mask_voxels"] == int(a.sum()) * 4 == int(seg.masks[0].sum())
+    assert legend[1]["prompt_mask_voxels"] == int(b.sum()) * 4
+    assert legend[1]["prompt_mask_volume_ml"] == pytest.approx(b.sum() * 4e-3)
+    assert legend[1]["prompt_mask_voxels"] > legend[1]["voxels"]  # the overlap is counted once, in the label map
 
 
 def test_default_slice_batch_is_one_on_cpu_and_eight_on_cuda():

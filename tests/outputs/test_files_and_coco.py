@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from medsam3.outputs import atomic_path, coco_results, results_to_json, write_json
 from medsam3.inference.postprocess import Detections
+from medsam3.outputs import atomic_path, coco_results, results_to_json, write_json
 
 
 def test_atomic_path_keeps_the_old_file_when_a_write_fails(tmp_path):
@@ -30,9 +30,15 @@ def test_coco_results_boxes_and_areas_from_the_masks():
     mask[5:9, 10:22] = True
     other = np.zeros((20, 30), bool)
     other[0, 0] = True
-    dets = [Detections("liver", np.array([[0, 0, 30, 20], [0, 0, 1, 1]], np.float32),
-                       np.array([0.9, 0.4], np.float32), np.stack([mask, other])),
-            Detections("tumor", np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 20, 30), bool))]
+    dets = [
+        Detections(
+            "liver",
+            np.array([[0, 0, 30, 20], [0, 0, 1, 1]], np.float32),
+            np.array([0.9, 0.4], np.float32),
+            np.stack([mask, other]),
+        ),
+        Detections("tumor", np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 20, 30), bool)),
+    ]
     record = json.loads(json.dumps(results_to_json(dets, "a.png", (20, 30))))
     entries = coco_results(record, image_id=7, category_ids={"liver": 1, "tumor": 2})
     assert [(e["image_id"], e["category_id"], e["area"]) for e in entries] == [(7, 1, 48), (7, 1, 1)]

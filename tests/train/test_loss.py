@@ -11,7 +11,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.ops import box_convert
 
-from medsam3.data import CocoConceptDataset, collate
+from medsam3.data.coco import CocoConceptDataset
+from medsam3.data.collate import collate
 from medsam3.train.loss import DecoderLayerCapture, LossWeights, Sam3Loss
 
 Q, HW = 6, 16

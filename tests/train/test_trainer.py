@@ -57,9 +57,9 @@ def test_training_keys_reach_optimizer_loader_and_model(tmp_path, tiny_checkpoin
     assert trainer.scheduler.base_lrs == [2e-4]
     loader = trainer._loader(0, 0)
     assert (loader.batch_size, loader.num_workers, loader.pin_memory) == (3, 1, False)
-    # CPU: mixed precision and pin_memory cannot apply, and the run says so.
-    assert trainer.amp_dtype is None
-    assert "mixed_precision='bf16' has no effect on cpu" in caplog.text
+    # CPU: bf16 autocast applies (as on CUDA); pin_memory cannot apply, and the run says so.
+    assert trainer.amp_dtype is torch.bfloat16
+    assert "mixed_precision" not in caplog.text
     assert "dataloader_pin_memory=true has no effect" in caplog.text
     from transformers.modeling_layers import GradientCheckpointingLayer
 

@@ -1,0 +1,107 @@
+"""``medsam3-app`` / ``python -m medsam3.app``: load the model once, serve the page on 127.0.0.1.
+
+The model options are ``infer_sam.py``'s (``--config/--weights/--device/--precision/--set``).
+A public Gradio share link is made only with ``--share``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ..config import load_config
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("medsam3.app")
+
+PROG = "medsam3-app"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="A local web page for text-prompted segmentation with SAM3 + a LoRA adapter.",
+        epilog="example: medsam3-app --config configs/full_lora_config.yaml --weights lal-Joey/MedSAM3_v1",
+    )
+    p.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults")
+    p.add_argument(
+        "--weights",
+        help="adapter: path (.pt/.safetensors/PEFT dir), hub id owner/repo[:file][@rev], 'none' for plain SAM3, "
+        "or 'demo' for the offline demo model; default: model.lora_weights, else auto-detect in output.output_dir",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="autocast dtype (default: hardware.precision)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.add_argument("--work-dir", help="where uploads are unpacked and downloads written (default: a temp folder)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    for name in ("transformers", "huggingface_hub", "peft", "httpx", "gradio"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
+    sam3 = sys.modules.get("medsam3.model.sam3")
+    if sam3 is not None:
+        errors.append(sam3.ModelLoadError)
+    return tuple(errors)
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    if not 0 <= args.port <= 65535:
+        return _error(f"--port must be in 0..65535, got {args.port}")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinic's machine
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        return _error("the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')")
+    try:
+        cfg = load_config(args.config, args.set)
+        from ..inference.predictor import Predictor
+        from .service import AppService
+        from .ui import build_ui
+
+        predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device, precision=args.precision)
+        service = AppService(predictor, work_dir=args.work_dir)
+    except _user_errors() as exc:
+        if args.verbose:
+            logger.exception("failed")
+        return _error(str(exc))
+    logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
+    demo = build_ui(service)
+    # One event at a time per listener, and one model call at a time (the service's lock): users queue.
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        show_error=True,
+        allowed_paths=[str(service.work_dir)],
+        footer_links=[],
+    )
+    return 0

@@ -86,7 +86,9 @@ def timed(device: torch.device, fn, label: str = ""):
 def bench(args, resolution: int | None) -> dict:
     device = resolve_device(args.device)
     model, processor = build(args.model, resolution)
-    predictor = Predictor(model, processor, device=device, precision=args.precision, prompt_batch_size=args.prompts)
+    predictor = Predictor(
+        model, processor, device=device, precision=args.precision, prompt_batch_size=args.prompt_batch_size
+    )
     if args.compile:
         predictor.compile_vision_encoder()
     prompts = PROMPTS[: args.prompts]
@@ -209,6 +211,9 @@ def main() -> int:
     ap.add_argument("--model", default="tiny", help="tiny, full (random weights) or a local checkpoint dir")
     ap.add_argument("--resolution", type=int, nargs="+", default=[None], help="input size(s) (default: the model's)")
     ap.add_argument("--prompts", type=int, default=8, help="number of prompts (default 8)")
+    ap.add_argument(
+        "--prompt-batch-size", type=int, default=None, help="prompts per batched pass (default: the Predictor's)"
+    )
     ap.add_argument("--threshold", type=float, default=0.0, help="score threshold on both sides (default 0)")
     ap.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU on both sides; 1 disables (default 0.5)")
     ap.add_argument("--device", default="auto")

@@ -19,6 +19,7 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import Sam3Processor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -31,6 +32,7 @@ from .postprocess import Detections, detection_scores, postprocess_query_outputs
 __all__ = [
     "ImageInput",
     "Predictor",
+    "default_prompt_batch_size",
     "PAD_BOX",
     "PAD_LABEL",
     "TEXT_MAX_LENGTH",
@@ -88,6 +90,17 @@ def select_vision(vision: Sam3VisionEncoderOutput, image_index) -> Sam3VisionEnc
 
 
 _TEXT_CACHE_SIZE = 512
+
+
+def default_prompt_batch_size(device: torch.device) -> int:
+    """Rows (image, prompt) per batched pass of the prompt path.
+
+    On a GPU, larger batches fill the device. On a CPU they do not help and hurt: the prompt
+    path's activations (pixel decoder at 4x the feature grid, the decoder's box bias) outgrow the
+    caches, so 7 prompts at 504 px took 3.5 s in one pass of 7 vs 2.6 s in passes of 2
+    (``scripts/bench_inference.py --prompt-batch-size``).
+    """
+    return 16 if device.type == "cuda" else 2
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -166,7 +179,7 @@ class Predictor:
         processor: Sam3Processor,
         device: str | torch.device | None = None,
         precision: str = "auto",
-        prompt_batch_size: int = 16,
+        prompt_batch_size: int | None = None,
     ):
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = unwrap(model).to(self.device).eval()
@@ -175,7 +188,7 @@ class Predictor:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self.prompt_batch_size = prompt_batch_size
+        self.prompt_batch_size = prompt_batch_size or default_prompt_batch_size(self.device)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._vision: Sam3VisionEncoderOutput | None = None
         self._size: tuple[int, int] | None = None
@@ -228,19 +241,31 @@ class Predictor:
 
     @torch.inference_mode()
     def _text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text features and mask for ``prompts``, from the cache or one batched text-encoder pass.
+
+        Trailing padding is cut off: SAM3's CLIP text encoder is causal, so a token's features do
+        not depend on the padding after it, and every later use of the text (attention, pooling)
+        masks padding out. A 3-token prompt is then encoded and attended to as 3 tokens, not 32;
+        scores match the padded forward to float rounding (tests/inference/test_predictor.py).
+        """
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if missing:
-            tokens = {k: v.to(self.device) for k, v in tokenize_prompts(self.processor.tokenizer, missing).items()}
+            tokens = tokenize_prompts(self.processor.tokenizer, missing)
+            lengths = tokens["attention_mask"].sum(dim=1).tolist()
+            longest = max(lengths)
+            tokens = {k: v[:, :longest].to(self.device) for k, v in tokens.items()}
             with self._autocast():
                 feats = self.model.get_text_features(
                     input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
                 ).pooler_output
-            for i, p in enumerate(missing):
-                self._text_cache[p] = (feats[i : i + 1], tokens["attention_mask"][i : i + 1])
+            for i, (p, n) in enumerate(zip(missing, lengths)):
+                self._text_cache[p] = (feats[i : i + 1, :n], tokens["attention_mask"][i : i + 1, :n])
                 if len(self._text_cache) > _TEXT_CACHE_SIZE:
                     self._text_cache.popitem(last=False)
-        embeds = torch.cat([self._text_cache[p][0] for p in prompts])
-        mask = torch.cat([self._text_cache[p][1] for p in prompts])
+        cached = [self._text_cache[p] for p in prompts]
+        longest = max(f.shape[1] for f, _ in cached)
+        embeds = torch.cat([F.pad(f, (0, 0, 0, longest - f.shape[1])) for f, _ in cached])
+        mask = torch.cat([F.pad(m, (0, longest - m.shape[1])) for _, m in cached])
         return embeds, mask
 
     def clear_cache(self) -> None:

@@ -47,20 +47,30 @@ def test_eight_prompts_in_one_call_equal_eight_single_calls(predictor, rgb_image
 
 
 def test_batched_equals_full_forward(predictor, rgb_image):
-    """Reusing vision features and cached text gives what one plain Sam3Model forward gives."""
+    """Cached vision features and text cut to its own length give what plain padded forwards give.
+
+    Prompts of different token lengths share one batch, so each is padded to the longest and
+    masked: the padded full forward (32 tokens, as Sam3Processor gives) must agree.
+    """
+    prompts = ["kidney", "left lung", "liver tumor in segment four"]
+    lengths = [int(predictor.processor(text=[p], return_tensors="pt")["attention_mask"].sum()) for p in prompts]
+    assert len(set(lengths)) == len(prompts), f"prompts must differ in token length, got {lengths}"
     predictor.set_image(rgb_image)
-    (det,) = predictor.predict(["kidney"], threshold=0.0, nms_iou=None)
-    inputs = predictor.processor(images=rgb_image, text=["kidney"], return_tensors="pt")
-    with torch.no_grad():
-        out = predictor.model(
-            pixel_values=inputs["pixel_values"],
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            input_boxes=torch.tensor([[[0.5, 0.5, 0.1, 0.1]]]),
-            input_boxes_labels=torch.tensor([[PAD_LABEL]]),
-        )
-    scores = (out.pred_logits.sigmoid() * out.presence_logits.sigmoid())[0]
-    np.testing.assert_allclose(det.scores, np.sort(scores.numpy())[::-1], atol=1e-5)
+    predictor.clear_cache()
+    dets = predictor.predict(prompts, threshold=0.0, nms_iou=None)
+    for prompt, det in zip(prompts, dets):
+        inputs = predictor.processor(images=rgb_image, text=[prompt], return_tensors="pt")
+        assert inputs["input_ids"].shape[1] == 32
+        with torch.no_grad():
+            out = predictor.model(
+                pixel_values=inputs["pixel_values"],
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                input_boxes=torch.tensor([[[0.5, 0.5, 0.1, 0.1]]]),
+                input_boxes_labels=torch.tensor([[PAD_LABEL]]),
+            )
+        scores = (out.pred_logits.sigmoid() * out.presence_logits.sigmoid())[0]
+        np.testing.assert_allclose(det.scores, np.sort(scores.numpy())[::-1], atol=1e-5)
 
 
 def test_padding_box_equals_explicit_geometry_cls(predictor, rgb_image, monkeypatch):

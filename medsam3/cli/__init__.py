@@ -32,6 +32,17 @@ def add_version_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"%(prog)s (medsam3 {__version__})")
 
 
+def add_set_flag(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable): one config key overridden, as every command takes it."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
+
+
 def quiet_weight_loading(verbose: bool = False, quiet: bool = False) -> None:
     """Hide transformers' "Loading weights" bar (every run, a local read) unless ``-v``.
 

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ..config import load_config
-from . import add_version_flag, one_line, setup_logging, user_errors
+from . import add_set_flag, add_version_flag, one_line, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.download")
 
@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (upstream schema); default: built-in defaults (facebook/sam3)")
     p.add_argument("--weights", help="adapter hub reference owner/repo[:file][@rev]; default: model.lora_weights")
     p.add_argument("--cache-dir", help="cache folder (overrides model.cache_dir); runs must use the same one")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set model.name=facebook/sam3 (repeatable)",
-    )
+    add_set_flag(p, "model.name=facebook/sam3")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="print the paths only")
     add_version_flag(p)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from . import add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
+from . import add_set_flag, add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.evaluate")
 
@@ -44,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: model.lora_weights, else auto-detect in output.output_dir",
     )
     m.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
-    m.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)",
-    )
+    add_set_flag(m, "model.name=/models/sam3")
 
     d2 = p.add_argument_group("2D set (COCO)")
     d2.add_argument("--data-dir", help="Roboflow layout: DATA_DIR/SPLIT/_annotations.coco.json, images beside it")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from . import add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
+from . import add_set_flag, add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.infer")
 
@@ -173,13 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tracker state kept per object, in frames (default 16: all SAM3 reads back); bounds memory on long videos",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)",
-    )
+    add_set_flag(p, "model.name=/models/sam3")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     add_version_flag(p)

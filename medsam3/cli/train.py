@@ -15,7 +15,7 @@ import sys
 
 from ..config import load_config
 from ..train.data_paths import train_split
-from . import add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
+from . import add_set_flag, add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
 
 logger = logging.getLogger("medsam3.train")
 
@@ -54,13 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto, cpu, cuda, cuda:N, or GPU indices: one index trains on that GPU, several "
         "(e.g. --device 0 1) launch torchrun with one process per GPU",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set training.learning_rate=1e-4 (repeatable)",
-    )
+    add_set_flag(p, "training.learning_rate=1e-4")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.ops import box_convert
 from transformers import Sam3Processor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
@@ -33,6 +34,7 @@ __all__ = [
     "ImageInput",
     "Predictor",
     "default_prompt_batch_size",
+    "normalised_cxcywh",
     "PAD_BOX",
     "PAD_LABEL",
     "TEXT_MAX_LENGTH",
@@ -90,6 +92,13 @@ def select_vision(vision: Sam3VisionEncoderOutput, image_index) -> Sam3VisionEnc
 
 
 _TEXT_CACHE_SIZE = 512
+
+
+def normalised_cxcywh(boxes_xyxy: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """(K, 4) pixel xyxy exemplar boxes of an image of ``size`` (h, w) -> SAM3's cxcywh in [0, 1]."""
+    h, w = size
+    xyxy = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4) / torch.tensor([w, h, w, h])
+    return box_convert(xyxy, "xyxy", "cxcywh").clamp(0, 1)
 
 
 def default_prompt_batch_size(device: torch.device) -> int:
@@ -277,17 +286,7 @@ class Predictor:
         boxes, labels = padding_geometry(len(rows_boxes), k)
         for i, ((b, lab), (h, w)) in enumerate(zip(rows_boxes, sizes)):
             if len(b):
-                xyxy = torch.from_numpy(b) / torch.tensor([w, h, w, h], dtype=torch.float32)
-                cxcywh = torch.stack(
-                    [
-                        (xyxy[:, 0] + xyxy[:, 2]) / 2,
-                        (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                        xyxy[:, 2] - xyxy[:, 0],
-                        xyxy[:, 3] - xyxy[:, 1],
-                    ],
-                    dim=1,
-                )
-                boxes[i, : len(b)] = cxcywh.clamp(0, 1)
+                boxes[i, : len(b)] = normalised_cxcywh(b, (h, w))
                 labels[i, : len(b)] = torch.from_numpy(lab)
         return boxes.to(self.device), labels.to(self.device)
 

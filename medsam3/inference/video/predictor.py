@@ -30,7 +30,7 @@ import torch
 
 from ...config import Config
 from ...model import resolve_device
-from ..predictor import padding_geometry
+from ..predictor import normalised_cxcywh, padding_geometry
 from .kernels import ensure_postprocess_kernels
 
 __all__ = ["FrameTracks", "VideoPredictor"]
@@ -55,17 +55,7 @@ class FrameTracks:
 
 def _box_geometry(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel xyxy exemplar boxes -> SAM3's normalised cxcywh for one prompt row."""
-    h, w = size
-    xyxy = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) / torch.tensor([w, h, w, h])
-    cxcywh = torch.stack(
-        [
-            (xyxy[:, 0] + xyxy[:, 2]) / 2,
-            (xyxy[:, 1] + xyxy[:, 3]) / 2,
-            xyxy[:, 2] - xyxy[:, 0],
-            xyxy[:, 3] - xyxy[:, 1],
-        ],
-        dim=1,
-    ).clamp(0, 1)
+    cxcywh = normalised_cxcywh(boxes, size)
     return cxcywh[None], torch.as_tensor(labels, dtype=torch.long).reshape(1, -1)
 
 

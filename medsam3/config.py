@@ -162,6 +162,9 @@ class EvaluationConfig:
     metric: Literal["iou", "dice", "loss"] = "iou"
     save_predictions: bool = False
     compute_metrics_during_training: bool = True
+    threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    """Score threshold of validation Dice/IoU (and so of best-checkpoint selection): the threshold the
+    model will be used at. 0.5 is SAM3's default; a small model trained briefly may score below it."""
 
 
 @dataclass

@@ -101,15 +101,26 @@ def normalised_cxcywh(boxes_xyxy: np.ndarray, size: tuple[int, int]) -> torch.Te
     return box_convert(xyxy, "xyxy", "cxcywh").clamp(0, 1)
 
 
-def default_prompt_batch_size(device: torch.device) -> int:
+# On a CPU, rows per pass are chosen so that the pixel decoder's finest activation (hidden x
+# (4 x grid)^2 floats per row) stays near this size: 2 rows of full-size SAM3 at 504 px (~42 MB).
+_CPU_PROMPT_ACTIVATION_FLOATS = 2 * 256 * 144 * 144
+
+
+def default_prompt_batch_size(model: torch.nn.Module, processor: Sam3Processor, device: torch.device) -> int:
     """Rows (image, prompt) per batched pass of the prompt path.
 
-    On a GPU, larger batches fill the device. On a CPU they do not help and hurt: the prompt
-    path's activations (pixel decoder at 4x the feature grid, the decoder's box bias) outgrow the
-    caches, so 7 prompts at 504 px took 3.5 s in one pass of 7 vs 2.6 s in passes of 2
-    (``scripts/bench_inference.py --prompt-batch-size``).
+    On a GPU, larger batches fill the device: 16. On a CPU, large ones are slower, not faster: the
+    prompt path's activations (pixel decoder at 4x the feature grid, the decoder's box bias)
+    outgrow the caches; 7 prompts at 504 px took 3.5-5.4 s in one pass of 7 vs 2.5-2.7 s in
+    passes of 2 (``scripts/bench_inference.py --prompt-batch-size``). So a CPU pass holds as many
+    rows as keep that activation near 42 MB: 2 at 504 px, 4 at 336 px, 16 for small models.
     """
-    return 16 if device.type == "cuda" else 2
+    if device.type == "cuda":
+        return 16
+    config = unwrap(model).config
+    grid = processor.image_processor.size["height"] // config.vision_config.backbone_config.patch_size
+    per_row = config.mask_decoder_config.hidden_size * (4 * grid) ** 2
+    return max(1, min(16, _CPU_PROMPT_ACTIVATION_FLOATS // per_row))
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -197,7 +208,7 @@ class Predictor:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self.prompt_batch_size = prompt_batch_size or default_prompt_batch_size(self.device)
+        self.prompt_batch_size = prompt_batch_size or default_prompt_batch_size(self.model, processor, self.device)
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._vision: Sam3VisionEncoderOutput | None = None
         self._size: tuple[int, int] | None = None

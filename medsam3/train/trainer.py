@@ -310,7 +310,14 @@ class Trainer:
                     if self.is_main:
                         self.output_dir.mkdir(parents=True, exist_ok=True)
                 record.update(
-                    evaluate_metrics(predictor, self.val_set, self.device, self.dist, predictions_file=pred_file)
+                    evaluate_metrics(
+                        predictor,
+                        self.val_set,
+                        self.device,
+                        self.dist,
+                        threshold=self.cfg.evaluation.threshold,
+                        predictions_file=pred_file,
+                    )
                 )
         finally:
             self.model.train()

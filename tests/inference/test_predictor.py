@@ -192,3 +192,15 @@ def test_predict_images_takes_boxes(predictor, rgb_image):
     text_only = predictor.predict_images([rgb_image], ["liver"], threshold=0.0, nms_iou=None)[0][0]
     assert np.abs(text_only.scores - batch[0][0].scores).max() > 1e-6, "the box must reach the model"
     assert predictor.predict_images([], ["liver"]) == []
+
+
+@pytest.mark.parametrize(("name", "resolution", "cpu_rows"), [("full", 504, 2), ("full", 336, 4), ("tiny", None, 16)])
+def test_prompt_batch_size_on_cpu_follows_activation_size(name, resolution, cpu_rows):
+    """CPU passes hold fewer rows where the pixel decoder's activation is large; CUDA always 16."""
+    from medsam3.inference.predictor import default_prompt_batch_size
+    from medsam3.testing import random_sam3
+
+    with torch.device("meta"):
+        model, processor = random_sam3(name, resolution)
+    assert default_prompt_batch_size(model, processor, torch.device("cpu")) == cpu_rows
+    assert default_prompt_batch_size(model, processor, torch.device("cuda")) == 16

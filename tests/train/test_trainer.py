@@ -283,3 +283,29 @@ def test_tensorboard_events_mirror_the_jsonl_log(tmp_path, tiny_checkpoint, shap
     assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in logged] == [1, 2, 3]
     assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx([r["lr"] for r in logged])
     assert acc.Scalars("eval/val_loss")[0].value == pytest.approx(_log(out, "eval")[0]["val_loss"])
+
+
+def test_evaluation_threshold_sets_the_validation_score_cut(tmp_path, tiny_checkpoint, shapes_dir):
+    """evaluation.threshold decides which detections validation (and best-checkpoint choice) counts."""
+    evals = {}
+    for threshold in (0.0, 1.0):
+        cfg = _cfg(
+            tmp_path,
+            tiny_checkpoint,
+            shapes_dir,
+            name=f"t{threshold}",
+            training=dict(max_steps=1, eval_steps=1, save_steps=1),
+            evaluation={"metric": "dice", "threshold": threshold},
+        )
+        assert cfg.evaluation.threshold == threshold
+        (evals[threshold],) = _log(train(cfg, show_progress=False).output_dir, "eval")
+    # Every query scores above 0 and none reaches 1: all absent prompts "detected" vs none.
+    assert evals[0.0]["false_positive_rate"] == 1.0 and evals[0.0]["dice"] > 0
+    assert evals[1.0]["false_positive_rate"] == 0.0 and evals[1.0]["dice"] == 0.0
+
+
+def test_evaluation_threshold_out_of_range_is_a_config_error(tmp_path):
+    from medsam3.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"evaluation.threshold.*out of range"):
+        config_from_dict({"evaluation": {"threshold": 1.5}})

@@ -37,7 +37,7 @@ import json, sys
 p = "medsam3/demo/model/medsam3_model.json"
 meta = json.load(open(p))
 meta["threshold"] = float(sys.argv[1])
-meta["threshold_rule"] = "max mean Dice over concepts on the valid split, thresholds 0.2..0.5 step 0.05"
+meta["threshold_rule"] = "max mean Dice over concepts on the valid split, thresholds 0.2..0.5 step 0.05 (scripts/bench_learning.py --split valid)"
 meta["card"] = "MODEL.md"
 json.dump(meta, open(p, "w"), indent=1)
 PY

@@ -53,12 +53,13 @@ def _slab_dice(tmp_path, prompts):
     return scores
 
 
-def test_demo_model_segments_the_liver_on_the_held_out_ct_slab(tmp_path):
-    # Measured when shipped: liver 0.828 (CPU, threshold 0.2 recorded by the model).
-    assert _slab_dice(tmp_path, ["liver"])["liver"] >= 0.8
+def test_demo_model_segments_the_liver_and_aorta_on_the_held_out_ct_slab(tmp_path):
+    # Measured when shipped: liver 0.829, aorta 0.838 (CPU, threshold 0.2 recorded by the model).
+    scores = _slab_dice(tmp_path, ["liver", "aorta"])
+    assert scores["liver"] >= 0.8 and scores["aorta"] >= 0.8
 
 
-@pytest.mark.xfail(reason="demo model below the bar: spleen 0.50, kidneys 0.41/0.61 on this slab (MODEL.md)")
+@pytest.mark.xfail(reason="demo model below the bar: spleen 0.44, kidneys 0.60/0.60 on this slab (MODEL.md)")
 def test_demo_model_segments_a_second_organ_on_the_held_out_ct_slab(tmp_path):
     scores = _slab_dice(tmp_path, ["spleen", "left kidney", "right kidney"])
     assert max(scores.values()) >= 0.8

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from ..config import load_config
+from ..console import add_set_flag, print_error, setup_logging, user_errors
 
 __all__ = ["build_parser", "main"]
 
@@ -34,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="autocast dtype (default: hardware.precision)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set model.name=/models/sam3 (repeatable)",
-    )
+    add_set_flag(p, "model.name=/models/sam3")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
@@ -50,36 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
-    for name in ("transformers", "huggingface_hub", "peft", "httpx", "gradio"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
-    sam3 = sys.modules.get("medsam3.model.sam3")
-    if sam3 is not None:
-        errors.append(sam3.ModelLoadError)
-    return tuple(errors)
-
-
-def _error(message: str) -> int:
-    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(
+        args.verbose,
+        args.quiet,
+        libraries=("transformers", "huggingface_hub", "peft", "httpx", "gradio"),
+        library_level=logging.WARNING,
+    )
     if not 0 <= args.port <= 65535:
-        return _error(f"--port must be in 0..65535, got {args.port}")
+        return print_error(PROG, f"--port must be in 0..65535, got {args.port}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinic's machine
     try:
         import gradio  # noqa: F401
     except ImportError:
-        return _error("the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')")
+        return print_error(PROG, "the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')")
     try:
         cfg = load_config(args.config, args.set)
         from ..inference.predictor import Predictor
@@ -88,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
         predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device, precision=args.precision)
         service = AppService(predictor, work_dir=args.work_dir)
-    except _user_errors() as exc:
+    except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
-        return _error(str(exc))
+        return print_error(PROG, exc)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.

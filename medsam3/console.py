@@ -1,0 +1,91 @@
+"""What every command-line front end (``medsam3.cli``, ``medsam3.app``) shares: logging set-up,
+common flags, and the one-line error users get for bad input.
+
+A leaf: standard library only at import time (torch and transformers are never imported here
+unless :func:`quiet_weight_loading` is called), so ``--help`` and mistakes stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = [
+    "add_set_flag",
+    "one_line",
+    "print_error",
+    "quiet_weight_loading",
+    "setup_logging",
+    "user_errors",
+]
+
+
+def setup_logging(
+    verbose: bool = False,
+    quiet: bool = False,
+    libraries: tuple[str, ...] = ("transformers", "huggingface_hub", "peft"),
+    library_level: int = logging.ERROR,
+) -> None:
+    """medsam3's messages at INFO (DEBUG with ``-v``, WARNING with ``-q``), bare unless ``-v``.
+
+    The ``libraries``' chatter (load bars, config notes) stays at ``library_level`` unless ``-v``.
+    """
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    for name in libraries:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else library_level)
+
+
+def add_set_flag(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable): one config key overridden, as every command takes it."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
+
+
+def quiet_weight_loading(verbose: bool = False, quiet: bool = False) -> None:
+    """Hide transformers' "Loading weights" bar (every run, a local read) unless ``-v``.
+
+    Hub download bars stay, except with ``-q``: a first download of SAM3 takes minutes and deserves
+    one. Call it just before a model is loaded; it imports transformers.
+    """
+    if verbose:
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    downloads_shown = not quiet and not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # also switches off huggingface_hub's bars ...
+    if downloads_shown:
+        enable_progress_bars()  # ... which come back, unless the user disabled them (HF_HUB_DISABLE_PROGRESS_BARS)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "fix your input": one ``prog: error:`` line and exit code 2.
+
+    medsam3's own (ConfigError, AdapterError, ImageReadError, DatasetError, EvaluationError) derive
+    from ValueError; ``ModelLoadError`` (a RuntimeError) is taken from its module only if that was
+    imported, since it cannot have been raised otherwise. So catching never imports torch.
+    """
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
+    sam3 = sys.modules.get("medsam3.model.sam3")
+    if sam3 is not None:
+        errors.append(sam3.ModelLoadError)
+    return tuple(errors)
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's message on one line (the CLI promises one ``error:`` line)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def print_error(prog: str, message: str | BaseException) -> int:
+    """The one ``prog: error: ...`` line on stderr; returns exit code 2 (bad input)."""
+    text = message if isinstance(message, str) else str(message)
+    sys.stderr.write(f"{prog}: error: {one_line(text)}\n")
+    return 2

@@ -13,6 +13,12 @@ candidate whatever the (random) weights score; NMS then keeps what a user would 
   python scripts/bench_inference.py --model full --resolution 336 504  # both, one line each
   python scripts/bench_inference.py --model tiny                       # seconds, for a smoke test
   python scripts/bench_inference.py --model /path/to/sam3 --device cuda --precision bf16 --json out.json
+  python scripts/bench_inference.py --model full --resolution 504 --free-pixel-decoder   # an upper bound
+
+``--free-pixel-decoder`` is an upper bound, not a result: on the Predictor's side SAM3's pixel decoder
+returns a cached output instead of running, so its cost is zero (scores are unchanged, they come
+before the mask decoder; masks are not valid). It shows how far the ratio could go if the pixel
+decoder, half of the prompt path on a CPU, were free.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from transformers import Sam3Model, Sam3Processor
 from medsam3.config import ModelConfig
 from medsam3.inference.postprocess import detection_scores, postprocess_query_outputs
 from medsam3.inference.predictor import PAD_BOX, PAD_LABEL, Predictor, select_vision
-from medsam3.model import load_base_model, resolve_device
+from medsam3.model import load_base_model, resolve_device, unwrap
 from medsam3.testing import random_sam3
 
 PROMPTS = [
@@ -83,6 +89,55 @@ def timed(device: torch.device, fn, label: str = ""):
     return out, time.perf_counter() - t0
 
 
+@contextlib.contextmanager
+def pixel_decoder_cached(model: torch.nn.Module, cache: dict):
+    """For ``--free-pixel-decoder``: the pixel decoder answers from ``cache`` (keyed by batch shape)."""
+    decoder = unwrap(model).mask_decoder.pixel_decoder
+    run = decoder.forward
+
+    def cached(backbone_features):
+        key = tuple(backbone_features[-1].shape)
+        if key not in cache:
+            cache[key] = run(backbone_features)
+        return cache[key]
+
+    decoder.forward = cached
+    try:
+        yield
+    finally:
+        del decoder.forward
+
+
+PROMPT_MODULES = {  # SAM3's prompt-conditioned parts, timed over prompts 2..N on a CPU
+    "detr_encoder": "detr_encoder",
+    "detr_decoder": "detr_decoder",
+    "pixel_decoder": "mask_decoder.pixel_decoder",
+    "mask_decoder": "mask_decoder",
+}
+
+
+@contextlib.contextmanager
+def module_seconds(model: torch.nn.Module, into: dict[str, float]):
+    """Wall seconds spent in each of :data:`PROMPT_MODULES` (forward hooks), summed into ``into``."""
+    modules = dict(unwrap(model).named_modules())
+    handles = []
+    for label, name in PROMPT_MODULES.items():
+        started: list[float] = []
+
+        def pre(_m, _a, started=started):
+            started.append(time.perf_counter())
+
+        def post(_m, _a, _o, label=label, started=started):
+            into[label] = into.get(label, 0.0) + time.perf_counter() - started.pop()
+
+        handles += [modules[name].register_forward_pre_hook(pre), modules[name].register_forward_hook(post)]
+    try:
+        yield into
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def bench(args, resolution: int | None) -> dict:
     device = resolve_device(args.device)
     model, processor = build(args.model, resolution)
@@ -125,8 +180,12 @@ def bench(args, resolution: int | None) -> dict:
             prompt, scores, out.pred_boxes[0], out.pred_masks[0], IMAGE_HW, args.threshold, nms_iou
         )
 
+    pixel_cache: dict = {}
+
     def predict(ps):
-        return predictor.predict(ps, threshold=args.threshold, nms_iou=nms_iou)
+        free = args.free_pixel_decoder
+        with pixel_decoder_cached(predictor.model, pixel_cache) if free else contextlib.nullcontext():
+            return predictor.predict(ps, threshold=args.threshold, nms_iou=nms_iou)
 
     # Warm-up (allocator, kernels, compilation) on both paths, untimed.
     full_forward(prompts[0])
@@ -139,10 +198,20 @@ def bench(args, resolution: int | None) -> dict:
 
     # Interleaved: naive forward, a Predictor stage, naive forward, ...
     naive_times, naive = [], []
+    by_module: dict[str, float] = {}
+
+    def other_prompts():
+        if len(prompts) < 2:
+            return []
+        if device.type != "cpu":  # kernels run asynchronously: hook times would mean nothing
+            return predict(prompts[1:])
+        with module_seconds(predictor.model, by_module):
+            return predict(prompts[1:])
+
     stages = [
         ("vision", lambda: predictor.set_image(image)),
         ("first_prompt", lambda: predict(prompts[:1])),
-        ("other_prompts", lambda: predict(prompts[1:]) if len(prompts) > 1 else []),
+        ("other_prompts", other_prompts),
     ]
     stage_times: dict[str, float] = {}
     results = []
@@ -176,6 +245,7 @@ def bench(args, resolution: int | None) -> dict:
         "device": str(device),
         "precision": "bf16" if predictor.autocast_dtype else "fp32",
         "compile": bool(args.compile),
+        "free_pixel_decoder": bool(args.free_pixel_decoder),
         "threads": torch.get_num_threads(),
         "prompts": len(prompts),
         "image": f"{IMAGE_HW[0]}x{IMAGE_HW[1]}",
@@ -196,6 +266,7 @@ def bench(args, resolution: int | None) -> dict:
         "other_prompts_s": round(stage_times.get("other_prompts", 0.0), 3),
         "ms_per_image_1_prompt": round(1000 * (stage_times["vision"] + stage_times["first_prompt"]), 1),
         "ms_per_image_all_prompts": round(1000 * t_pred, 1),
+        "other_prompts_by_module_s": {k: round(v, 3) for k, v in by_module.items()},
         "max_abs_score_diff": diff,
         "same_detection_counts": same_counts,
         "peak_cpu_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -219,6 +290,11 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--compile", action="store_true", help="torch.compile the vision encoder (hardware.use_compile)")
+    ap.add_argument(
+        "--free-pixel-decoder",
+        action="store_true",
+        help="upper bound: the Predictor's pixel decoder costs nothing (cached output; masks invalid)",
+    )
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if not 1 <= args.prompts <= len(PROMPTS):
@@ -229,7 +305,9 @@ def main() -> int:
         rows.append(row)
         print(
             f"{row['model']} ({row['params_m']}M) {row['resolution']} px {row['device']} {row['precision']}"
-            f"{' compiled' if row['compile'] else ''}, {row['threads']} threads, 1 image {row['image']} x "
+            f"{' compiled' if row['compile'] else ''}"
+            f"{' UPPER BOUND: pixel decoder free, masks invalid' if row['free_pixel_decoder'] else ''}"
+            f", {row['threads']} threads, 1 image {row['image']} x "
             f"{row['prompts']} prompts, threshold {row['threshold']:g}, NMS {row['nms_iou']}, post-processing "
             f"to full size on both sides (kept per prompt: {row['kept_per_prompt']})\n"
             f"  {row['prompts']} full forwards:  {row['naive_s']:8.2f} s\n"
@@ -243,6 +321,15 @@ def main() -> int:
             f"same detection counts: {row['same_detection_counts']}",
             flush=True,
         )
+        mods = row["other_prompts_by_module_s"]
+        if mods:
+            rest = mods["mask_decoder"] - mods["pixel_decoder"]
+            other = row["other_prompts_s"] - mods["detr_encoder"] - mods["detr_decoder"] - mods["mask_decoder"]
+            print(
+                f"  prompts 2..{row['prompts']} by module: DETR encoder {mods['detr_encoder']:.2f} s, DETR decoder "
+                f"{mods['detr_decoder']:.2f} s, pixel decoder {mods['pixel_decoder']:.2f} s, rest of the mask "
+                f"decoder {rest:.2f} s, everything else {other:.2f} s"
+            )
         if "peak_gpu_gib" in row:
             print(f"  peak GPU memory: {row['peak_gpu_gib_1_prompt']} GiB (1 prompt), {row['peak_gpu_gib']} GiB")
     if args.json:

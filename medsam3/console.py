@@ -86,6 +86,5 @@ def one_line(exc: BaseException | str) -> str:
 
 def print_error(prog: str, message: str | BaseException) -> int:
     """The one ``prog: error: ...`` line on stderr; returns exit code 2 (bad input)."""
-    text = message if isinstance(message, str) else str(message)
-    sys.stderr.write(f"{prog}: error: {one_line(text)}\n")
+    sys.stderr.write(f"{prog}: error: {one_line(message)}\n")
     return 2

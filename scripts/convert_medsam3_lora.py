@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from medsam3.adapters.peft_format import AdapterError
-from medsam3.cli import setup_logging
 from medsam3.config import ConfigError, load_config
+from medsam3.console import add_set_flag, setup_logging
 from medsam3.model import ModelLoadError
 
 
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("src", help="upstream .pt, PEFT adapter directory, or (with --merge) any adapter source")
     p.add_argument("dst", help="output directory, or .pt file for export to upstream format")
     p.add_argument("--config", help="YAML config: base model (model.name) and lora.alpha (default: built-in)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
+    add_set_flag(p, "model.name=/models/sam3")
     p.add_argument("--merge", action="store_true", help="write a full checkpoint with the adapter merged in")
     p.add_argument("--concepts", nargs="*", help="text prompts the adapter was trained on (stored as metadata)")
     p.add_argument("-v", "--verbose", action="store_true")

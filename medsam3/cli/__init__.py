@@ -5,32 +5,15 @@ The top layer: argument parsing and dispatch only, may import anything in medsam
 Feedback on a mistake must be quick: a command module imports only the standard library, the config
 (PyYAML) and the image readers at load time; torch and transformers are imported inside the
 functions that need them, after the arguments, the config and the input files have been checked.
-``scripts/bench_cli_startup.py`` measures it. The helpers below live in :mod:`medsam3.console`,
-shared with the web app.
+``scripts/bench_cli_startup.py`` measures it. Logging set-up, the --set flag and the one-line error
+live in :mod:`medsam3.console`, shared with the web app.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..console import (
-    add_set_flag,
-    one_line,
-    print_error,
-    quiet_weight_loading,
-    setup_logging,
-    user_errors,
-)
-
-__all__ = [
-    "add_set_flag",
-    "add_version_flag",
-    "one_line",
-    "print_error",
-    "quiet_weight_loading",
-    "setup_logging",
-    "user_errors",
-]
+__all__ = ["add_version_flag"]
 
 
 def add_version_flag(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,8 @@ import logging
 import sys
 
 from ..config import load_config
-from . import add_set_flag, add_version_flag, one_line, setup_logging, user_errors
+from ..console import add_set_flag, print_error, setup_logging, user_errors
+from . import add_version_flag
 
 logger = logging.getLogger("medsam3.download")
 
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
-        sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
-        return 2
+        return print_error(PROG, exc)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from . import add_set_flag, add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
+from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from . import add_version_flag
 
 logger = logging.getLogger("medsam3.evaluate")
 
@@ -262,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:  # EvaluationError is a ValueError
         if args.verbose:
             logger.exception("failed")
-        sys.stderr.write(f"evaluate.py: error: {one_line(exc)}\n")
-        return 2
+        return print_error("evaluate.py", exc)
     finally:
         io_logger.setLevel(io_level)
         distributed = sys.modules.get("medsam3.inference.distributed")  # loaded only if a model was

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from . import add_set_flag, add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
+from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from . import add_version_flag
 
 logger = logging.getLogger("medsam3.infer")
 
@@ -412,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
-        sys.stderr.write(f"infer_sam.py: error: {one_line(exc)}\n")
-        return 2
+        return print_error("infer_sam.py", exc)
 
 
 if __name__ == "__main__":

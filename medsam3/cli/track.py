@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from . import quiet_weight_loading
+from ..console import quiet_weight_loading
 
 __all__ = ["run_tracking"]
 

@@ -14,8 +14,9 @@ import subprocess
 import sys
 
 from ..config import load_config
+from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
 from ..train.data_paths import train_split
-from . import add_set_flag, add_version_flag, one_line, quiet_weight_loading, setup_logging, user_errors
+from . import add_version_flag
 
 logger = logging.getLogger("medsam3.train")
 
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
-        sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
-        return 2
+        return print_error(PROG, exc)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; steps after the newest checkpoint are lost, continue with --resume\n")
         return 130

@@ -262,7 +262,7 @@ def test_weight_loading_bar_hidden_download_bars_kept(monkeypatch):
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
-    from medsam3.cli import quiet_weight_loading
+    from medsam3.console import quiet_weight_loading
 
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     try:

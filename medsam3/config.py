@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+from .errors import UserError
 
 __all__ = [
     "AugmentationConfig",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem the user can fix by editing the YAML or the override."""
 
 

@@ -11,12 +11,15 @@ import argparse
 import logging
 import sys
 
+from .errors import UserError
+
 __all__ = [
     "add_set_flag",
     "one_line",
     "print_error",
     "quiet_weight_loading",
     "setup_logging",
+    "report_bug",
     "user_errors",
 ]
 
@@ -68,15 +71,24 @@ def quiet_weight_loading(verbose: bool = False, quiet: bool = False) -> None:
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "fix your input": one ``prog: error:`` line and exit code 2.
 
-    medsam3's own (ConfigError, AdapterError, ImageReadError, DatasetError, EvaluationError) derive
-    from ValueError; ``ModelLoadError`` (a RuntimeError) is taken from its module only if that was
-    imported, since it cannot have been raised otherwise. So catching never imports torch.
+    Only :class:`medsam3.errors.UserError` (and its subclasses across the package): a ``ValueError``
+    from inside numpy or from a bug of ours is not the user's mistake and keeps its traceback
+    (see :func:`report_bug`). Importing this never imports torch.
     """
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
-    sam3 = sys.modules.get("medsam3.model.sam3")
-    if sam3 is not None:
-        errors.append(sam3.ModelLoadError)
-    return tuple(errors)
+    return (UserError,)
+
+
+BUG_REPORT_HINT = (
+    "this is a bug in medsam3, not a problem with your input; please report it with the traceback above "
+    "and the command you ran (see the README's 'Reporting problems')"
+)
+
+
+def report_bug(prog: str) -> int:
+    """Log the exception being handled with its traceback, say it is a bug, and return exit code 1."""
+    logging.getLogger(prog).exception("%s: unexpected error", prog)
+    sys.stderr.write(f"{prog}: {BUG_REPORT_HINT}\n")
+    return 1
 
 
 def one_line(exc: BaseException | str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from ..errors import UserError
 
 __all__ = ["ConceptQuery", "ConceptSample", "DatasetError", "clean_annotation"]
 
@@ -28,7 +29,7 @@ logger = logging.getLogger("medsam3.data.coco")  # one logger name for the datas
 _MAX_WARNINGS_PER_KIND = 20
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The annotation file is unusable, or nothing usable is left after skipping bad entries."""
 
 

@@ -22,6 +22,7 @@ import yaml
 
 from ..io import Volume
 from ..io.windows import WindowSpec, parse_window
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _AFFINE_ATOL_MM = 1e-3
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """The data set description or the options are unusable: nothing can be evaluated (CLI exit 2)."""
 
 
-class CaseError(ValueError):
+class CaseError(UserError):
     """One case cannot be evaluated (shape/affine mismatch, bad entry): reported, the rest go on."""
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import errno
 from os import PathLike
+from ..errors import UserError
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An input image or volume could not be read.
 
     Attributes:

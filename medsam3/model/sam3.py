@@ -13,6 +13,7 @@ from transformers import Sam3Config, Sam3Model, Sam3Processor
 
 from ..config import LoraConfigSection, ModelConfig
 from .lora_targets import select_lora_targets
+from ..errors import UserError
 
 __all__ = [
     "ModelLoadError",
@@ -28,7 +29,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """The base SAM3 checkpoint could not be loaded (missing, not SAM3, or unreachable)."""
 
 

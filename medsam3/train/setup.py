@@ -15,6 +15,7 @@ from ..data.transforms import AugmentConfig
 from ..model import add_lora, load_base_model
 from .data_paths import SplitPaths, split_paths
 from .distributed import DistInfo
+from ..errors import UserError
 
 __all__ = [
     "TrainingError",
@@ -28,7 +29,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(ValueError):
+class TrainingError(UserError):
     """A training setup problem the user can fix (data paths, config)."""
 
 

@@ -10,17 +10,11 @@ upstream ``.pt`` converted exactly both ways (:mod:`.upstream`), the Hugging Fac
 May import: :mod:`medsam3.model`, :mod:`medsam3.config`. Never inference, training or the CLI.
 """
 
-# Light at import (no torch): the exceptions, concepts, the hub layer and provenance. The rest loads torch
+# Light at import (no torch): the exceptions, concepts, the run plan, the hub layer and provenance. The rest loads torch
 # and PEFT, so it is imported on first use; the CLI can catch AdapterError before torch is imported.
-from .concepts import (
-    demo_config,
-    is_demo,
-    prompt_warnings,
-    read_concepts,
-    recorded_threshold,
-    trained_concepts,
-)
+from .concepts import demo_config, is_demo, prompt_warnings
 from .errors import AdapterError, HubUnavailableError, TrainedBaseError
+from .plan import RunPlan, plan_run, read_concepts, recorded_threshold, trained_concepts
 
 _LAZY = {
     "AUTO_NAMES": "loading",
@@ -38,10 +32,12 @@ __all__ = [
     "AdapterError",
     "AdapterWeights",
     "HubUnavailableError",
+    "RunPlan",
     "TrainedBaseError",
     "apply_adapter",
     "demo_config",
     "is_demo",
+    "plan_run",
     "prompt_warnings",
     "read_concepts",
     "recorded_threshold",

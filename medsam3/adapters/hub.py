@@ -31,6 +31,7 @@ from huggingface_hub.errors import (
 )
 
 from ..config import Config, ModelConfig
+from ..errors import UserError
 from .errors import AdapterError, HubUnavailableError
 
 __all__ = [
@@ -266,7 +267,7 @@ def download_base_model(model_cfg: ModelConfig, local_files_only: bool = False) 
     """Fetch the base model's repo (transformers' files only) into the cache; returns its snapshot folder."""
     repo_id = hub_model_id(model_cfg)
     if repo_id is None:
-        raise ValueError(f"model.name={model_cfg.name!r} is a local path, not a hub repo: nothing to download")
+        raise UserError(f"model.name={model_cfg.name!r} is a local path, not a hub repo: nothing to download")
     page = f"https://huggingface.co/{repo_id}"
     where = repo_id + (f"@{model_cfg.revision}" if model_cfg.revision else "")
     try:

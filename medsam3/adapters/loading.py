@@ -1,7 +1,7 @@
 """Base SAM3 plus the adapter a config or ``--weights`` selects: the one load entry.
 
-What is loaded is settled first, without torch (:mod:`.sources`: auto-detection, full models,
-trained-base adapters, the demo, whether the hub is usable); then the adapter is read and
+What is loaded is settled first, without torch, by the run plan (:mod:`.plan`: auto-detection,
+full models, trained-base adapters, the demo, whether the hub is usable); then the adapter is read and
 validated, then the multi-GB base model loads, then the adapter is applied strictly.
 """
 
@@ -16,9 +16,10 @@ from transformers import Sam3Processor
 from ..config import Config
 from ..model import load_base_model
 from .errors import AdapterError
-from .hub import looks_like_hub_ref, prepare_hub
+from .hub import looks_like_hub_ref
 from .peft_format import AdapterWeights, apply_adapter, read_peft_adapter
-from .sources import AUTO_NAMES, find_trained_adapter, resolve_sources
+from .plan import RunPlan, plan_run
+from .sources import AUTO_NAMES, find_trained_adapter
 
 __all__ = ["AUTO_NAMES", "find_trained_adapter", "load_model", "read_adapter"]
 
@@ -44,8 +45,10 @@ def read_adapter(source: str | Path, cache_dir: str | None = None, local_files_o
     raise AdapterError(f"{path}: unsupported adapter format {path.suffix!r}; use .pt, .safetensors or a PEFT dir")
 
 
-def load_model(cfg: Config, weights: str | None = None, base_loader=None) -> tuple[torch.nn.Module, Sam3Processor, str]:
-    """Base SAM3 plus the adapter selected by ``weights`` (else ``model.lora_weights``, else auto-detect).
+def load_model(
+    cfg: Config | None = None, weights: str | None = None, base_loader=None, plan: RunPlan | None = None
+) -> tuple[torch.nn.Module, Sam3Processor, str]:
+    """Base SAM3 plus the adapter the run plan names (built from ``cfg``/``weights`` when not given).
 
     ``base_loader(model_cfg, local_files_only=...) -> (module, processor)`` replaces
     :func:`~medsam3.model.load_base_model`; the video model passes one returning its detector, so
@@ -54,11 +57,13 @@ def load_model(cfg: Config, weights: str | None = None, base_loader=None) -> tup
     Returns the model (a PeftModel when an adapter is loaded), the processor, and a short
     description of the adapter for logs and result files.
     """
-    sources = resolve_sources(cfg, weights)
-    if sources.note:
-        logger.info("%s", sources.note)
-    cfg, source, full_model = sources.cfg, sources.adapter, sources.full_model
-    local_only = prepare_hub(cfg, source)  # offline or not, decided once; what is missing named in one line
+    if plan is None:
+        if cfg is None:
+            raise TypeError("load_model needs a config or a run plan")
+        plan = plan_run(cfg, weights)
+    if plan.sources.note:
+        logger.info("%s", plan.sources.note)
+    cfg, source, full_model, local_only = plan.cfg, plan.adapter, plan.sources.full_model, plan.hub_offline
     adapter = None
     if str(source).lower() != "none":
         # Read (and validate) the adapter before the multi-GB base model, so a bad path fails fast.

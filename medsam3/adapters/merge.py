@@ -11,6 +11,7 @@ from pathlib import Path
 from peft import PeftModel
 
 from ..config import Config
+from ..errors import UserError
 from .loading import load_model
 
 __all__ = ["merge_adapter"]
@@ -22,7 +23,7 @@ def merge_adapter(cfg: Config, weights: str, out_dir: str | Path) -> Path:
     """Base model (``model.name``) + ``weights`` -> merged checkpoint + processor in ``out_dir``."""
     model, processor, origin = load_model(cfg, weights)
     if not isinstance(model, PeftModel):
-        raise ValueError("nothing to merge: weights=none gives plain SAM3")
+        raise UserError("nothing to merge: weights=none gives plain SAM3")
     merged = model.merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)

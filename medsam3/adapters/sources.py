@@ -10,8 +10,9 @@
 - a hub reference ``owner/repo[:file][@revision]`` (see :mod:`.hub`);
 - ``demo``: the small SAM3 shipped in ``medsam3/demo/`` (see :mod:`.concepts`).
 
-No torch here: the CLI calls :func:`preflight` right after reading its config, so a missing file, a
-refused adapter or an unusable hub is reported before torch and transformers are imported.
+No torch here: the run plan (:mod:`.plan`) calls :func:`resolve_sources` right after the config is
+read, so a missing file or a refused adapter is reported before torch and transformers are imported.
+This is the one auto-detection rule: concepts and thresholds are read from what it resolves.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 from ..config import Config
 from .concepts import demo_config, is_demo
 from .errors import AdapterError
-from .hub import prepare_hub
 from .provenance import (
     base_was_trained,
     full_model_for,
@@ -33,7 +33,7 @@ from .provenance import (
     refuse_other_base,
 )
 
-__all__ = ["AUTO_NAMES", "Sources", "find_trained_adapter", "preflight", "resolve_sources"]
+__all__ = ["AUTO_NAMES", "Sources", "find_trained_adapter", "resolve_sources"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +103,3 @@ def resolve_sources(cfg: Config, weights: str | None = None) -> Sources:
 
 def _with_base(cfg: Config, model_dir: Path) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(model_dir)))
-
-
-def preflight(cfg: Config, weights: str | None = None) -> bool:
-    """Everything :func:`~medsam3.adapters.loading.load_model` will check before loading, without torch.
-
-    Returns whether the hub is unusable (so the cache is read without the network); raises a
-    one-line error for a refused adapter or for what is missing from the hub and the cache.
-    """
-    sources = resolve_sources(cfg, weights)
-    return prepare_hub(sources.cfg, sources.adapter)

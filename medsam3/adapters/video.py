@@ -13,11 +13,14 @@ import torch
 from ..config import Config
 from ..model.video import load_video_base_model
 from .loading import load_model
+from .plan import RunPlan
 
 __all__ = ["load_video_model"]
 
 
-def load_video_model(cfg: Config, weights: str | None = None) -> tuple[torch.nn.Module, object, str]:
+def load_video_model(
+    cfg: Config | None = None, weights: str | None = None, plan: RunPlan | None = None
+) -> tuple[torch.nn.Module, object, str]:
     """(``Sam3VideoModel`` with the adapter on its detector, ``Sam3VideoProcessor``, adapter description)."""
     loaded = {}
 
@@ -26,5 +29,5 @@ def load_video_model(cfg: Config, weights: str | None = None) -> tuple[torch.nn.
         loaded["video"] = video
         return video.detector_model, processor
 
-    _detector, processor, origin = load_model(cfg, weights, base_loader=detector_of_video_model)
+    _detector, processor, origin = load_model(cfg, weights, base_loader=detector_of_video_model, plan=plan)
     return loaded["video"].eval(), processor, origin

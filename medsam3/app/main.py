@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(PROG, "the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')")
     try:
         cfg = load_config(args.config, args.set)
+        from ..adapters.plan import plan_run
         from ..inference.predictor import Predictor
         from .service import AppService
         from .ui import build_ui
 
-        predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device, precision=args.precision)
+        plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
+        predictor = Predictor.from_plan(plan)
         service = AppService(predictor, work_dir=args.work_dir)
     except user_errors() as exc:
         if args.verbose:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
 from ..inference.batch import InferenceOptions, write_volume_outputs
 from ..inference.inputs import LoadedInput, load_input
 from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
@@ -73,7 +74,7 @@ def parse_prompts(text: str | None) -> list[str]:
     prompts = [p.strip() for p in re.split(r"[,;\n]", text or "")]
     prompts = list(dict.fromkeys(p for p in prompts if p))
     if not prompts:
-        raise ValueError('type at least one concept to segment, e.g. "liver" (several: "liver, spleen")')
+        raise UserError('type at least one concept to segment, e.g. "liver" (several: "liver, spleen")')
     return prompts
 
 
@@ -104,10 +105,10 @@ def parse_boxes(text: str | None) -> list[Box]:
         except ValueError:
             values = []
         if len(values) != 4:
-            raise ValueError(f"box line {number} {raw.strip()!r}: write '+ x1 y1 x2 y2' (or '-' for a negative box)")
+            raise UserError(f"box line {number} {raw.strip()!r}: write '+ x1 y1 x2 y2' (or '-' for a negative box)")
         x1, y1, x2, y2 = values
         if x2 <= x1 or y2 <= y1:
-            raise ValueError(f"box line {number} {raw.strip()!r}: needs x2 > x1 and y2 > y1 (corners in pixels)")
+            raise UserError(f"box line {number} {raw.strip()!r}: needs x2 > x1 and y2 > y1 (corners in pixels)")
         boxes.append(Box(x1, y1, x2, y2, positive=not (sign or "+").lower().startswith(("-", "n"))))
     return boxes
 
@@ -122,7 +123,7 @@ def box_corners(first: tuple[float, float], second: tuple[float, float], positiv
     x1, x2 = sorted((xa, xb))
     y1, y2 = sorted((ya, yb))
     if x2 - x1 < 1 or y2 - y1 < 1:
-        raise ValueError("the two corners of a box must differ in x and in y; click two opposite corners")
+        raise UserError("the two corners of a box must differ in x and in y; click two opposite corners")
     return Box(x1, y1, x2, y2, positive)
 
 
@@ -267,6 +268,9 @@ class AppService:
     ):
         self.predictor = predictor
         self.adapter = getattr(predictor, "adapter_origin", None)
+        plan = getattr(predictor, "plan", None)
+        self.default_threshold = plan.threshold if plan is not None else 0.5
+        """Where the threshold slider starts: the run plan's (the same as infer_sam.py's and medsam3-evaluate's)."""
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="medsam3_app_"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -308,14 +312,14 @@ class AppService:
                     if not m.is_dir() and "__MACOSX" not in m.filename and not Path(m.filename).name.startswith(".")
                 ]
                 if not members:
-                    raise ValueError(f"{path.name}: the zip file holds no files")
+                    raise UserError(f"{path.name}: the zip file holds no files")
                 if sum(m.file_size for m in members) > ZIP_MAX_BYTES:
-                    raise ValueError(f"{path.name}: unpacks to more than {ZIP_MAX_BYTES >> 30} GiB; upload fewer files")
+                    raise UserError(f"{path.name}: unpacks to more than {ZIP_MAX_BYTES >> 30} GiB; upload fewer files")
                 dest = self.new_dir("unzipped")
                 for m in members:
                     zf.extract(m, dest)  # zipfile drops absolute paths and '..' from member names
         except zipfile.BadZipFile as exc:
-            raise ValueError(
+            raise UserError(
                 f"{path.name}: not a readable zip file ({exc}); zip the DICOM series folder again"
             ) from None
         files = [dest / m.filename for m in members]
@@ -376,7 +380,7 @@ class AppService:
             t0 = time.perf_counter()
             boxes_key = tuple(previous.boxes)
             if any((upload.key, p, boxes_key) not in self._outputs for p in previous.prompts):
-                raise ValueError("these results left the cache (other images were run since); press Run again")
+                raise UserError("these results left the cache (other images were run since); press Run again")
             results = self._filter(upload, previous.prompts, boxes_key, threshold, nms_iou)
             seconds = time.perf_counter() - t0
         return ImageResult(previous.prompts, previous.boxes, threshold, nms_iou, results, None, seconds, 0)

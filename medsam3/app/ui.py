@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..adapters.concepts import DEMO_DIR
+from ..errors import UserError
 from ..io import ImageReadError
 from .service import (
     WINDOW_CHOICES,
@@ -68,7 +69,7 @@ def _volume_index(value: str | None) -> int | None:
     if not text:
         return None
     if not text.isdigit():
-        raise ValueError(f"volume index {text!r}: give a whole number >= 0 (which volume of a 4D NIfTI)")
+        raise UserError(f"volume index {text!r}: give a whole number >= 0 (which volume of a 4D NIfTI)")
     return int(text)
 
 
@@ -200,7 +201,9 @@ def build_ui(service: AppService) -> gr.Blocks:
                     lines=2,
                     elem_id="boxes",
                 )
-                threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Score threshold", elem_id="threshold")
+                threshold = gr.Slider(
+                    0, 1, value=service.default_threshold, step=0.01, label="Score threshold", elem_id="threshold"
+                )
                 nms_iou = gr.Slider(0.05, 1, value=0.5, step=0.05, label="NMS IoU (1 = off)", elem_id="nms")
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
                 status = gr.Markdown("", elem_id="status")

@@ -7,6 +7,7 @@ and before the model loads (see :mod:`medsam3.cli`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -100,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         nargs="+",
         type=float,
-        default=[0.5],
+        default=None,
         metavar="T",
-        help="score threshold(s); several = a sweep from one model run per case (default 0.5)",
+        help="score threshold(s); several = a sweep from one model run per case (default: the threshold the "
+        "weights record, else 0.5; the same rule as infer_sam.py and the app)",
     )
     e.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
     e.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2.0)")
@@ -175,9 +177,15 @@ def _datasets(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalOptions
 
+    cfg = load_config(args.config, args.set)
+    coco, volumes = _datasets(args)  # fail on a bad data description before loading gigabytes of model
+    from ..adapters.plan import plan_run
+
+    # Model, adapter, device and hub state decided once (adapter refused? something not cached? said before torch).
+    plan = plan_run(cfg, args.weights, device=args.device)
     options = EvalOptions(
         protocols=tuple(args.protocol),
-        thresholds=tuple(args.thresholds),
+        thresholds=tuple(args.thresholds) if args.thresholds else (plan.threshold,),
         nms_iou=None if args.nms_iou >= 1.0 else args.nms_iou,
         nsd_tolerance=args.nsd_tolerance,
         include_absent=args.include_absent,
@@ -186,11 +194,6 @@ def run(args: argparse.Namespace) -> int:
         window=args.window,
         coco_map=args.coco_map,
     )
-    cfg = load_config(args.config, args.set)
-    coco, volumes = _datasets(args)  # fail on a bad data description before loading gigabytes of model
-    from ..adapters.sources import preflight
-
-    preflight(cfg, args.weights)  # adapter refused? hub unusable and something not cached? said before torch loads
     # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
     from ..evaluation import Evaluator, best_thresholds, format_table, summarize_rows, write_report
     from ..inference.predictor import Predictor
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun: one device per rank, cases split by size, rows gathered and reported on rank 0.
     dist_info, device = init_distributed(args.device)
     t0 = time.perf_counter()
-    predictor = Predictor.from_config(cfg, weights=args.weights, device=str(device))
+    predictor = Predictor.from_plan(dataclasses.replace(plan, device=str(device)))
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()

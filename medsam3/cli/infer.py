@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from ..adapters.concepts import prompt_warnings
+from ..adapters.plan import plan_run
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from ..console import add_set_flag, print_error, quiet_weight_loading, report_bug, setup_logging, user_errors
+from ..errors import InputNotFoundError, UserError
+from ..io.formats import detect_format
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.infer")
@@ -190,11 +194,11 @@ def _window(values: list[str] | None):
         try:
             window = (float(values[0]), float(values[1]))
         except ValueError:
-            raise ValueError(f"--window LEVEL WIDTH needs two numbers, got {' '.join(values)}") from None
+            raise UserError(f"--window LEVEL WIDTH needs two numbers, got {' '.join(values)}") from None
     elif len(values) == 1:
         window = values[0]
     else:
-        raise ValueError(f"--window takes a preset name or LEVEL WIDTH, got {len(values)} values")
+        raise UserError(f"--window takes a preset name or LEVEL WIDTH, got {len(values)} values")
     parse_window(window)  # a bad window fails before anything is read
     return window
 
@@ -205,47 +209,55 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
     Returns the prompts, the exemplar boxes (positive first) and their labels (1 / 0).
     """
     if not (args.image or args.input_dir or args.video):
-        raise ValueError("give --image, --video or --input-dir (or --list-concepts)")
+        raise UserError("give --image, --video or --input-dir (or --list-concepts)")
     if not args.prompt:
-        raise ValueError('give --prompt, e.g. --prompt "liver" (--list-concepts shows what the model knows)')
+        raise UserError('give --prompt, e.g. --prompt "liver" (--list-concepts shows what the model knows)')
     prompts = [p.strip() for p in args.prompt]
     if any(not p for p in prompts):
-        raise ValueError('empty --prompt; give text such as --prompt "liver"')
+        raise UserError('empty --prompt; give text such as --prompt "liver"')
     if args.slice_batch is not None and args.slice_batch < 1:
-        raise ValueError("--slice-batch must be >= 1")
+        raise UserError("--slice-batch must be >= 1")
     if args.montage < 0:
-        raise ValueError("--montage must be >= 0")
+        raise UserError("--montage must be >= 0")
     _window(args.window)
     if args.input_dir:
         if args.output or args.json or args.masks_dir:
-            raise ValueError(
+            raise UserError(
                 "--output, --json and --masks-dir are for one 2D image; a batch writes everything under --output-dir"
             )
         if not args.output_dir:
-            raise ValueError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
+            raise UserError("--input-dir needs --output-dir (where the per-input outputs and summary go)")
     elif args.video and not Path(args.video).exists():
-        raise FileNotFoundError(f"video not found: {args.video}")
+        raise InputNotFoundError(f"video not found: {args.video}")
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("torchrun splits --input-dir batches over its processes; run a single --image with python")
+        raise UserError("torchrun splits --input-dir batches over its processes; run a single --image with python")
     elif args.image and not Path(args.image).exists():
-        raise FileNotFoundError(f"image not found: {args.image}")
-    if args.threshold is None:
-        from ..adapters.concepts import recorded_threshold
-
-        args.threshold = recorded_threshold(load_config(args.config, args.set), args.weights)
-    if not 0.0 <= args.threshold <= 1.0 or not 0.0 < args.nms_iou <= 1.0:
-        raise ValueError("--threshold must be in [0, 1] and --nms-iou in (0, 1]")
+        raise InputNotFoundError(f"image not found: {args.image}")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {args.threshold:g}")
+    if not 0.0 < args.nms_iou <= 1.0:
+        raise UserError(f"--nms-iou must be in (0, 1], got {args.nms_iou:g}")
+    for flag, boxes in (("--box", args.box), ("--neg-box", args.neg_box)):
+        for x1, y1, x2, y2 in boxes or []:
+            if x2 <= x1 or y2 <= y1:
+                raise UserError(
+                    f"{flag} {x1:g} {y1:g} {x2:g} {y2:g}: needs X1 < X2 and Y1 < Y2 (top-left, bottom-right)"
+                )
+            if min(x1, y1) < 0:
+                raise UserError(f"{flag} {x1:g} {y1:g} {x2:g} {y2:g}: coordinates are pixels, >= 0")
+    if args.image and not (args.video or _is_video(args.image)):
+        detect_format(args.image)  # a .md or a corrupt name fails here, before torch loads
     boxes = [*(args.box or []), *(args.neg_box or [])]
     labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
     return prompts, boxes, labels
 
 
-def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet: bool):
+def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, quiet: bool):
     from ..inference.batch import InferenceOptions
 
     return InferenceOptions(
         prompts=prompts,
-        threshold=args.threshold,
+        threshold=plan.threshold,
         nms_iou=args.nms_iou,
         window=_window(args.window),
         volume_index=args.volume_index,
@@ -261,61 +273,57 @@ def _options(args: argparse.Namespace, prompts: list[str], boxes, labels, quiet:
     )
 
 
-def _load_predictor(cfg, args, opts, device=None):
-    """The model, once per run; ``opts.adapter`` records where its adapter came from."""
+def _load_predictor(plan, args, opts, device=None):
+    """The model the plan names, once per run; ``opts.adapter`` records where its adapter came from."""
+    import dataclasses
+
     from ..inference.predictor import Predictor
 
-    _warn_unknown_prompts(cfg, args.weights, opts.prompts)  # after the input was read: a bad file fails first
-
+    if device is not None:  # torchrun: this rank's device
+        plan = dataclasses.replace(plan, device=str(device))
     quiet_weight_loading(args.verbose, args.quiet)
     t0 = time.perf_counter()
-    predictor = Predictor.from_config(
-        cfg, weights=args.weights, device=str(device) if device is not None else args.device, precision=args.precision
-    )
+    predictor = Predictor.from_plan(plan)
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     opts.adapter = predictor.adapter_origin
     return predictor
 
 
-def _list_concepts(cfg, weights) -> int:
-    from ..adapters.concepts import trained_concepts
-
-    known = trained_concepts(cfg, weights)
-    if not known:
+def _list_concepts(plan) -> int:
+    if not plan.concepts:
         sys.stdout.write("no recorded concepts (the model and adapter carry no medsam3 training metadata)\n")
         return 0
-    for source, concepts in known.items():
+    for source, concepts in plan.concepts.items():
         sys.stdout.write(f"{source}:\n" + "".join(f"  {c}\n" for c in concepts))
     return 0
 
 
-def _warn_unknown_prompts(cfg, weights, prompts: list[str]) -> None:
-    from ..adapters.concepts import prompt_warnings, trained_concepts
+def _is_video(path: str) -> bool:
+    from ..io.video import is_video_path
 
-    for message in prompt_warnings(prompts, trained_concepts(cfg, weights)):
-        logger.warning("%s", message)
+    return is_video_path(path)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.list_concepts:
-        return _list_concepts(load_config(args.config, args.set), args.weights)
-    prompts, boxes, labels = _check_arguments(args)
     cfg = load_config(args.config, args.set)
-    from ..adapters.sources import preflight
-
-    preflight(cfg, args.weights)  # adapter refused? hub unusable and something not cached? said before torch loads
-    from ..io.video import is_video_path
-
-    if args.video or args.propagate or (args.image and is_video_path(args.image)):
+    if args.list_concepts:
+        return _list_concepts(plan_run(cfg, args.weights, check_hub=False))
+    prompts, boxes, labels = _check_arguments(args)
+    # The one place where model, adapter, threshold, concepts, device and hub state are decided.
+    plan = plan_run(cfg, args.weights, threshold=args.threshold, device=args.device, precision=args.precision)
+    logger.debug("run plan: %s", plan.describe())
+    for message in prompt_warnings(prompts, plan.concepts):
+        logger.warning("%s", message)
+    if args.video or args.propagate or (args.image and _is_video(args.image)):
         from .track import run_tracking  # video / propagation: SAM3's video model
 
-        return run_tracking(cfg, args, prompts, boxes, labels, window=_window(args.window))
+        return run_tracking(plan, args, prompts, boxes, labels, window=_window(args.window))
     # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
     from ..inference.batch import process_image, process_volume, run_batch
     from ..inference.distributed import cleanup, init_distributed
     from ..inference.inputs import discover_inputs, input_name, load_input
 
-    opts = _options(args, prompts, boxes, labels, args.quiet)
+    opts = _options(args, plan, prompts, boxes, labels, args.quiet)
 
     if args.input_dir:
         inputs = discover_inputs(args.input_dir, exclude=args.output_dir)
@@ -323,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         # Under torchrun: one device per rank, inputs split by size, files merged on rank 0.
         dist_info, device = init_distributed(args.device)
         try:
-            predictor = _load_predictor(cfg, args, opts, device)  # once for the whole batch
+            predictor = _load_predictor(plan, args, opts, device)  # once for the whole batch
             report = run_batch(
                 predictor, inputs, args.output_dir, opts, skip_existing=args.skip_existing, dist_info=dist_info
             )
@@ -337,22 +345,22 @@ def run(args: argparse.Namespace) -> int:
 
     if loaded.kind == "volume":
         if args.output or args.json or args.masks_dir:
-            raise ValueError(
+            raise UserError(
                 "--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
                 "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)"
             )
         out_dir = Path(args.output_dir) if args.output_dir else image_path.parent / f"{input_name(image_path)}_medsam3"
-        predictor = _load_predictor(cfg, args, opts)
+        predictor = _load_predictor(plan, args, opts)
         process_volume(predictor, loaded, out_dir, opts)
         logger.info("outputs -> %s/ (labels.nii.gz, legend.json)", out_dir)
         return 0
 
     image = loaded.image.rgb
-    predictor = _load_predictor(cfg, args, opts)
+    predictor = _load_predictor(plan, args, opts)
     t0 = time.perf_counter()
     predictor.set_image(image)
     results = predictor.predict(
-        prompts, boxes=boxes or None, box_labels=labels or None, threshold=args.threshold, nms_iou=args.nms_iou
+        prompts, boxes=boxes or None, box_labels=labels or None, threshold=plan.threshold, nms_iou=args.nms_iou
     )
     logger.info(
         "segmented %s (%dx%d) for %d prompt(s) in %.2f s",
@@ -388,7 +396,7 @@ def _write_single_image(results, image, image_path: Path, predictor, args) -> No
                 str(image_path),
                 image.shape[:2],
                 adapter=predictor.adapter_origin,
-                threshold=args.threshold,
+                threshold=predictor.plan.threshold,
                 nms_iou=args.nms_iou,
             ),
             args.json,
@@ -414,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logger.exception("failed")
         return print_error("infer_sam.py", exc)
+    except Exception:
+        return report_bug("infer_sam.py")
 
 
 if __name__ == "__main__":

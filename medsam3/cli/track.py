@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..console import quiet_weight_loading
+from ..errors import UserError
 
 __all__ = ["run_tracking"]
 
@@ -23,26 +24,28 @@ def _default_out_dir(path: Path) -> Path:
     return path.parent / f"{name}_medsam3"
 
 
-def run_tracking(cfg, args: argparse.Namespace, prompts: list[str], boxes: list, labels: list[int], window=None) -> int:
+def run_tracking(
+    plan, args: argparse.Namespace, prompts: list[str], boxes: list, labels: list[int], window=None
+) -> int:
     from ..io import is_volume_path, load_volume
     from ..io.video import open_video
 
     if args.output or args.json or args.masks_dir:
-        raise ValueError(
+        raise UserError(
             "--output, --json and --masks-dir are for one 2D image; tracking writes overlay.mp4, tracks.json and "
             "tracks.csv (volumes: labels.nii.gz, legend.json) under --output-dir"
         )
     if args.memory_frames < 1 or args.box_frame < 0:
-        raise ValueError("--memory-frames must be >= 1 and --box-frame >= 0")
+        raise UserError("--memory-frames must be >= 1 and --box-frame >= 0")
     path = Path(args.video or args.image)
     out_dir = Path(args.output_dir) if args.output_dir else _default_out_dir(path)
     if args.propagate:
         if args.video or not is_volume_path(path):
-            raise ValueError(
+            raise UserError(
                 f"--propagate tracks through the slices of a volume (NIfTI, DICOM series); {path} is not one"
             )
         if boxes:
-            raise ValueError("--box is not supported with --propagate (boxes are per slice); use text prompts")
+            raise UserError("--box is not supported with --propagate (boxes are per slice); use text prompts")
         volume = load_volume(path, window=window, volume_index=args.volume_index)  # read first: bad files fail fast
         source = None
     else:
@@ -63,9 +66,7 @@ def run_tracking(cfg, args: argparse.Namespace, prompts: list[str], boxes: list,
 
     quiet_weight_loading(args.verbose)
     t0 = time.perf_counter()
-    vp = VideoPredictor.from_config(
-        cfg, weights=args.weights, device=args.device, threshold=args.threshold, memory_frames=args.memory_frames
-    )
+    vp = VideoPredictor.from_plan(plan, memory_frames=args.memory_frames)
     logger.info(
         "video model ready on %s in %.1f s (post-processing: %s)",
         vp.device,

@@ -15,6 +15,7 @@ import sys
 
 from ..config import load_config
 from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from ..errors import UserError
 from ..train.data_paths import train_split
 from . import add_version_flag
 
@@ -71,9 +72,9 @@ def _device_override(devices: list[str] | None) -> tuple[str | None, list[str]]:
         d = devices[0]
         return (f"cuda:{d}" if d.isdigit() else d), []
     if not all(d.isdigit() for d in devices):
-        raise ValueError(f"--device {' '.join(devices)}: several devices must be GPU indices, e.g. --device 0 1")
+        raise UserError(f"--device {' '.join(devices)}: several devices must be GPU indices, e.g. --device 0 1")
     if len(set(devices)) != len(devices):
-        raise ValueError(f"--device {' '.join(devices)}: an index is repeated")
+        raise UserError(f"--device {' '.join(devices)}: an index is repeated")
     return "cuda", devices
 
 

@@ -48,6 +48,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from ..errors import InputNotFoundError
 from .coco_records import (
     Concept,
     ConceptQuery,
@@ -181,7 +182,7 @@ class CocoConceptDataset(Dataset):
     # ------------------------------------------------------------------ parsing
     def _read_json(self) -> dict[str, Any]:
         if not self.annotation_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.annotation_file}")
+            raise InputNotFoundError(f"COCO annotation file not found: {self.annotation_file}")
         try:
             with open(self.annotation_file, encoding="utf-8") as fh:
                 raw = json.load(fh)

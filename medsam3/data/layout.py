@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputNotFoundError
+
 __all__ = ["ROBOFLOW_ANNOTATION_NAME", "SplitPaths", "resolve_split"]
 
 ROBOFLOW_ANNOTATION_NAME = "_annotations.coco.json"
@@ -64,17 +66,17 @@ def resolve_split(
     if annotation_file is not None:
         ann = Path(annotation_file).expanduser()
         if not ann.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {ann}")
+            raise InputNotFoundError(f"COCO annotation file not found: {ann}")
         root = Path(image_root).expanduser() if image_root is not None else ann.parent
         if not root.is_dir():
-            raise FileNotFoundError(f"image root for {ann} is not a directory: {root}")
+            raise InputNotFoundError(f"image root for {ann} is not a directory: {root}")
         return SplitPaths(ann, root, "coco")
     if data_dir is None:
         raise ValueError("resolve_split needs data_dir or annotation_file")
 
     base = Path(data_dir).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"data directory not found: {base}")
+        raise InputNotFoundError(f"data directory not found: {base}")
     tried: list[Path] = []
 
     direct = base / ROBOFLOW_ANNOTATION_NAME
@@ -104,7 +106,7 @@ def resolve_split(
             return SplitPaths(candidate, root, "coco")
 
     listing = "\n  ".join(str(p) for p in tried)
-    raise FileNotFoundError(
+    raise InputNotFoundError(
         f"no COCO annotations for split {split!r} under {base}. Looked for:\n  {listing}\n"
         "Use the Roboflow layout (data_dir/<split>/_annotations.coco.json) or pass annotation_file= "
         "and image_root= explicitly."

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
 from ..model import resolve_device
 
 __all__ = [
@@ -61,7 +62,7 @@ def init_distributed(device_spec: str | None) -> tuple[DistInfo, torch.device]:
     wanted = resolve_device(device_spec)
     if wanted.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(
+            raise UserError(
                 f"rank {rank}: LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible"
             )
         device = torch.device("cuda", local_rank)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputNotFoundError, UserError
 from ..io import Image2D, Volume, is_volume_path, load_image2d, load_volume
 from ..io.dicom import is_dicom_file
 from ..io.formats import SUPPORTED_EXTENSIONS, extension
@@ -80,7 +81,7 @@ def discover_inputs(spec: str | Path, exclude: str | Path | None = None) -> list
         try:
             lines = path.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--input-dir {path}: not a folder, an image or a text file of paths ({exc})") from None
+            raise UserError(f"--input-dir {path}: not a folder, an image or a text file of paths ({exc})") from None
         found = []
         for line in lines:
             line = line.strip()
@@ -101,9 +102,9 @@ def discover_inputs(spec: str | Path, exclude: str | Path | None = None) -> list
     elif path.is_file():
         found, where = [path], str(path)
     else:
-        raise FileNotFoundError(f"--input-dir {text}: no such folder, list file or matching files")
+        raise InputNotFoundError(f"--input-dir {text}: no such folder, list file or matching files")
     if not found:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"no images or volumes found in {where} (supported: "
             f"{', '.join(sorted(set(SUPPORTED_EXTENSIONS)))}, DICOM series folders)"
         )
@@ -144,5 +145,5 @@ def load_input(path: str | Path, window: WindowSpec = None, volume_index: int | 
     if is_volume_path(path):
         return LoadedInput(path, volume=load_volume(path, window, volume_index))
     if volume_index not in (None, 0):
-        raise ValueError(f"--volume-index applies to 4D NIfTI volumes, and {path} is a 2D image")
+        raise UserError(f"--volume-index applies to 4D NIfTI volumes, and {path} is a 2D image")
     return LoadedInput(path, image=load_image2d(path, window))

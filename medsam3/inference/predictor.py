@@ -26,7 +26,9 @@ from transformers import Sam3Processor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+from ..adapters.plan import RunPlan
 from ..config import Config
+from ..errors import UserError
 from ..model import resolve_device, unwrap
 from .postprocess import Detections, detection_scores, postprocess_query_outputs
 
@@ -134,7 +136,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array, a PIL image or a path, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise ValueError(
+        raise UserError(
             f"image array has dtype {image.dtype}; pass uint8 RGB, or scale it first "
             f"(medsam3.io applies CT windows / percentile scaling to medical intensities)"
         )
@@ -144,7 +146,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
         return np.array(image[:, :, :3], order="C")  # a writable copy (np.asarray(PIL) is read-only)
     if image.ndim == 3 and image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
-    raise ValueError(f"image array has shape {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    raise UserError(f"image array has shape {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
 
 
 def _is_box_list(obj) -> bool:
@@ -171,15 +173,15 @@ def _normalise_boxes(boxes, labels, n_prompts: int) -> list[tuple[np.ndarray, np
     if labels is None:
         labels = [None] * n_prompts
     if len(boxes) != n_prompts or len(labels) != n_prompts:
-        raise ValueError(f"got boxes for {len(boxes)} prompts but {n_prompts} prompts")
+        raise UserError(f"got boxes for {len(boxes)} prompts but {n_prompts} prompts")
     out = []
     for b, lab in zip(boxes, labels):
         b = np.zeros((0, 4), np.float32) if b is None else np.asarray(b, dtype=np.float32).reshape(-1, 4)
         if np.any(b[:, 2] <= b[:, 0]) or np.any(b[:, 3] <= b[:, 1]):
-            raise ValueError(f"boxes must be x1 y1 x2 y2 with x2 > x1 and y2 > y1, got {b.tolist()}")
+            raise UserError(f"boxes must be x1 y1 x2 y2 with x2 > x1 and y2 > y1, got {b.tolist()}")
         lab = np.ones(len(b), np.int64) if lab is None else np.asarray(lab, dtype=np.int64).reshape(-1)
         if len(lab) != len(b) or not np.isin(lab, (0, 1)).all():
-            raise ValueError(f"box labels must be 1 (positive) or 0 (negative), one per box; got {lab.tolist()}")
+            raise UserError(f"box labels must be 1 (positive) or 0 (negative), one per box; got {lab.tolist()}")
         out.append((b, lab))
     return out
 
@@ -212,21 +214,37 @@ class Predictor:
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._vision: Sam3VisionEncoderOutput | None = None
         self._size: tuple[int, int] | None = None
+        self.plan: RunPlan | None = None
+
+    def _threshold(self, threshold: float | None) -> float:
+        """``threshold`` if given, else the run plan's (flag > recorded > 0.5), else SAM3's 0.5."""
+        if threshold is not None:
+            return threshold
+        return self.plan.threshold if self.plan is not None else 0.5
 
     @classmethod
     def from_config(
         cls, cfg: Config, weights: str | None = None, device: str | None = None, precision: str | None = None
     ) -> "Predictor":
-        """Base model + adapter as the config (or ``weights``) says; see :func:`medsam3.adapters.loading.load_model`."""
+        """Base model + adapter as the config (or ``weights``) says: a run plan, then :meth:`from_plan`."""
+        from ..adapters.plan import plan_run
+
+        return cls.from_plan(plan_run(cfg, weights, device=device, precision=precision))
+
+    @classmethod
+    def from_plan(cls, plan: RunPlan) -> "Predictor":
+        """The model a run plan names (see :mod:`medsam3.adapters.plan`), on its device and precision.
+
+        ``predictor.plan`` keeps the plan: its threshold is the default of :meth:`predict`.
+        """
         from ..adapters.loading import load_model
 
-        model, processor, origin = load_model(cfg, weights)
+        model, processor, origin = load_model(plan=plan)
         logger.info("adapter: %s", origin)
-        predictor = cls(
-            model, processor, device=device or cfg.hardware.device, precision=precision or cfg.hardware.precision
-        )
+        predictor = cls(model, processor, device=plan.device, precision=plan.precision)
         predictor.adapter_origin = origin
-        if cfg.hardware.use_compile:
+        predictor.plan = plan
+        if plan.cfg.hardware.use_compile:
             predictor.compile_vision_encoder()
         return predictor
 
@@ -352,10 +370,10 @@ class Predictor:
     def _check_prompts(prompts: str | Sequence[str]) -> list[str]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
-            raise ValueError("no prompt given; pass at least one text prompt such as 'liver'")
+            raise UserError("no prompt given; pass at least one text prompt such as 'liver'")
         for p in prompts:
             if not isinstance(p, str) or not p.strip():
-                raise ValueError(f"empty prompt {p!r}; every prompt must be non-empty text")
+                raise UserError(f"empty prompt {p!r}; every prompt must be non-empty text")
         return prompts
 
     # -- public API ----------------------------------------------------------------------------
@@ -373,20 +391,21 @@ class Predictor:
         prompts: str | Sequence[str],
         boxes=None,
         box_labels=None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         nms_iou: float | None = 0.5,
     ) -> list[Detections]:
         """Detections for each prompt on the image given to :meth:`set_image`.
 
         ``boxes``: optional exemplar boxes (xyxy, pixels), either one list shared by all prompts
         or one list per prompt; ``box_labels`` 1 (positive, default) or 0 (negative) per box.
+        ``threshold`` None: the run plan's (see :meth:`from_plan`), else 0.5.
         """
         if self._vision is None:
             raise RuntimeError("call set_image(image) before predict(...)")
         prompts = self._check_prompts(prompts)
         per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         rows = [(0, p, b) for p, b in zip(prompts, per_prompt_boxes)]
-        return self.predict_rows(self._vision, [self._size], rows, threshold, nms_iou)
+        return self.predict_rows(self._vision, [self._size], rows, self._threshold(threshold), nms_iou)
 
     def predict_images(
         self,
@@ -394,7 +413,7 @@ class Predictor:
         prompts: str | Sequence[str],
         boxes=None,
         box_labels=None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         nms_iou: float | None = 0.5,
     ) -> list[list[Detections]]:
         """All prompts on each of several images with one batched vision pass (e.g. volume slices).
@@ -408,5 +427,5 @@ class Predictor:
         per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         vision, sizes = self.encode_images(images)
         rows = [(i, p, b) for i in range(len(sizes)) for p, b in zip(prompts, per_prompt_boxes)]
-        flat = self.predict_rows(vision, sizes, rows, threshold, nms_iou)
+        flat = self.predict_rows(vision, sizes, rows, self._threshold(threshold), nms_iou)
         return [flat[i * len(prompts) : (i + 1) * len(prompts)] for i in range(len(sizes))]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..io.volume import SliceGeometry, Volume, label_dtype
 from .postprocess import Detections
 from .postprocess3d import clean_mask, voxel_volume_ml
@@ -53,11 +54,11 @@ def resolve_axis(volume: Volume, axis: int | str | None) -> int:
         axis = int(axis)
     if isinstance(axis, (int, np.integer)):
         if not -3 <= int(axis) < 3:
-            raise ValueError(f"slice axis must be 0, 1 or 2 (or axial/coronal/sagittal), got {axis}")
+            raise UserError(f"slice axis must be 0, 1 or 2 (or axial/coronal/sagittal), got {axis}")
         return int(axis) % 3
     name = str(axis).strip().lower()
     if name not in AXIS_NAMES:
-        raise ValueError(f"unknown slice axis {axis!r}; use auto, axial, coronal, sagittal, 0, 1 or 2")
+        raise UserError(f"unknown slice axis {axis!r}; use auto, axial, coronal, sagittal, 0, 1 or 2")
     dirs = np.abs(np.asarray(volume.affine, dtype=np.float64)[:3, :3])
     dirs = dirs / np.maximum(np.linalg.norm(dirs, axis=0, keepdims=True), 1e-12)
     return int(np.argmax(dirs[AXIS_NAMES[name]]))
@@ -171,7 +172,7 @@ def segment_volume(
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
-        raise ValueError("no prompt given; pass at least one text prompt such as 'liver'")
+        raise UserError("no prompt given; pass at least one text prompt such as 'liver'")
     if slice_batch is None:
         slice_batch = default_slice_batch(getattr(predictor, "device", "cpu"))
     if slice_batch < 1:

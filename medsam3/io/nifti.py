@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import UserError
 from .errors import ImageReadError
 from .volume import as_label_array
 
@@ -116,9 +117,7 @@ def read_nifti(path: Path, volume_index: int | None = None) -> NiftiVolume:
 def _check_nifti_path(path: Path) -> None:
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        raise ValueError(
-            f"label maps are written as NIfTI; the output path must end with .nii or .nii.gz, got '{path}'"
-        )
+        raise UserError(f"label maps are written as NIfTI; the output path must end with .nii or .nii.gz, got '{path}'")
 
 
 def _reference(reference: Volume | Any | str | PathLike[str]) -> tuple[tuple[int, ...], np.ndarray, Any]:
@@ -142,7 +141,7 @@ def label_map_image(labels: np.ndarray, reference: Volume | Any | str | PathLike
     shape, affine, ref_header = _reference(reference)
     arr = as_label_array(labels, dtype)
     if arr.shape != shape:
-        raise ValueError(f"label map shape {arr.shape} does not match the reference volume shape {shape}")
+        raise UserError(f"label map shape {arr.shape} does not match the reference volume shape {shape}")
     if ref_header is not None and isinstance(ref_header, nib.Nifti1Header):
         cls = nib.Nifti2Image if isinstance(ref_header, nib.Nifti2Header) else nib.Nifti1Image
         header = ref_header.copy()

@@ -43,6 +43,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 #: What callers may pass as ``window``: None/"auto" (choose from metadata), a
@@ -97,7 +99,7 @@ def get_window_preset(name: str) -> WindowPreset:
     """The preset called ``name`` (case-insensitive; '-'/' ' accepted for '_')."""
     key = _norm_name(name)
     if key not in WINDOW_PRESETS:
-        raise ValueError(f"Unknown CT window preset {name!r}; choose one of {', '.join(WINDOW_PRESETS)}")
+        raise UserError(f"Unknown CT window preset {name!r}; choose one of {', '.join(WINDOW_PRESETS)}")
     return WINDOW_PRESETS[key]
 
 
@@ -125,7 +127,7 @@ def apply_window(array: np.ndarray, level: float, width: float) -> np.ndarray:
     Works on any shape; NaN becomes 0. ``width`` must be positive.
     """
     if not width > 0:
-        raise ValueError(f"window width must be > 0, got {width}")
+        raise UserError(f"window width must be > 0, got {width}")
     return _linear_to_uint8(array, level - width / 2.0, level + width / 2.0)
 
 
@@ -148,7 +150,7 @@ def percentile_range(
     Returns (0, 0) for an empty or all-NaN array.
     """
     if not 0 <= lower < upper <= 100:
-        raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
+        raise UserError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
     s = _sample(array)
     if s.size == 0:
         return 0.0, 0.0
@@ -242,16 +244,16 @@ def parse_window(window: WindowSpec) -> _Parsed:
         try:
             return _Parsed("preset", get_window_preset(window))
         except ValueError:
-            raise ValueError(
+            raise UserError(
                 f"Invalid window {window!r}: use 'auto', 'percentile', 'dicom', a preset "
                 f"({', '.join(WINDOW_PRESETS)}), 'level,width' such as '40,400', or a (level, width) tuple"
             ) from None
     if isinstance(window, (tuple, list, np.ndarray)) and len(window) == 2:
         level, width = (float(v) for v in window)
         if not (math.isfinite(level) and math.isfinite(width)) or width <= 0:
-            raise ValueError(f"Invalid window (level={level}, width={width}): width must be a positive number")
+            raise UserError(f"Invalid window (level={level}, width={width}): width must be a positive number")
         return _Parsed("custom", WindowPreset("custom", level, width))
-    raise ValueError(f"Invalid window {window!r}: expected None, a string or a (level, width) pair")
+    raise UserError(f"Invalid window {window!r}: expected None, a string or a (level, width) pair")
 
 
 def choose_intensity(
@@ -304,7 +306,7 @@ def choose_intensity(
         return windowed(parsed.preset, "")
     if parsed.mode == "dicom":
         if file_window is None:
-            raise ValueError("window='dicom' needs a WindowCenter/WindowWidth in the file, and this input has none")
+            raise UserError("window='dicom' needs a WindowCenter/WindowWidth in the file, and this input has none")
         c, w = file_window
         return windowed(WindowPreset("from file", float(c), float(w)), "")
     if parsed.mode == "auto":

@@ -12,8 +12,8 @@ from peft.tuners.lora import LoraLayer
 from transformers import Sam3Config, Sam3Model, Sam3Processor
 
 from ..config import LoraConfigSection, ModelConfig
-from .lora_targets import select_lora_targets
 from ..errors import UserError
+from .lora_targets import select_lora_targets
 
 __all__ = [
     "ModelLoadError",
@@ -40,9 +40,9 @@ def resolve_device(spec: str | None) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
-        raise ValueError(f"device {spec!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from exc
+        raise UserError(f"device {spec!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available here; use --device cpu")
+        raise UserError(f"device {spec!r} requested but CUDA is not available here; use --device cpu")
     return device
 
 
@@ -121,7 +121,7 @@ def build_lora_config(
     """PEFT config whose targets are the exact module names selected by upstream's rules."""
     targets = select_lora_targets(model.named_modules(), lora)
     if not targets:
-        raise ValueError(
+        raise UserError(
             f"lora.target_modules={lora.target_modules} with the enabled components matched no layer; "
             f"see the README table of target names"
         )

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import InputNotFoundError, UserError
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "TRAINER_STATE",
@@ -113,14 +115,14 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path:
     if resume == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"--resume: no checkpoint-<step>/ with {TRAINER_STATE} in {output_dir}; start without --resume "
                 f"or pass a checkpoint directory"
             )
         return found
     path = Path(resume).expanduser()
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint directory (no {TRAINER_STATE} in it)")
+        raise InputNotFoundError(f"--resume {resume}: not a checkpoint directory (no {TRAINER_STATE} in it)")
     return path
 
 
@@ -135,7 +137,7 @@ def load_trainable(model: torch.nn.Module, directory: Path) -> None:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = params.keys() - tensors.keys(), tensors.keys() - params.keys()
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"{directory}: checkpoint does not match the model's trainable parameters ({len(missing)} missing, "
             f"{len(unexpected)} unexpected, e.g. {sorted(missing | unexpected)[:3]}); resume with the config it "
             f"was trained with (lora.*, training.train_base_model)"
@@ -143,7 +145,7 @@ def load_trainable(model: torch.nn.Module, directory: Path) -> None:
     with torch.no_grad():
         for name, param in params.items():
             if tensors[name].shape != param.shape:
-                raise ValueError(
+                raise UserError(
                     f"{directory}: {name} has shape {tuple(tensors[name].shape)}, model {tuple(param.shape)}"
                 )
             param.copy_(tensors[name].to(param.device, param.dtype))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..config import Config
 from ..data.layout import SplitPaths, resolve_split
+from ..errors import UserError
 
 __all__ = ["NO_TRAINING_DATA", "split_paths", "train_split"]
 
@@ -33,5 +34,5 @@ def train_split(cfg: Config) -> SplitPaths:
     """The training split, which every run needs; ``ValueError`` / ``FileNotFoundError`` say what is wrong."""
     paths = split_paths(cfg, "train")
     if paths is None:
-        raise ValueError(NO_TRAINING_DATA)
+        raise UserError(NO_TRAINING_DATA)
     return paths

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from ..adapters.concepts import MODEL_METADATA, read_concepts
 from ..adapters.peft_format import save_adapter
-from ..adapters.provenance import full_model_name
+from ..adapters.plan import read_concepts
+from ..adapters.provenance import MODEL_METADATA, full_model_name
 from ..config import Config
 from ..model import count_lora_layers
 from ..outputs import atomic_path, write_json

@@ -16,7 +16,7 @@ from huggingface_hub import constants
 
 from medsam3.adapters import hub
 from medsam3.adapters.errors import HubUnavailableError
-from medsam3.adapters.sources import preflight
+from medsam3.adapters.plan import plan_run
 from medsam3.config import config_from_dict, load_config
 
 COMMIT = "1" * 40
@@ -70,7 +70,7 @@ def test_cold_cache_names_base_and_adapter_and_the_command_in_one_line(tmp_path,
     else:
         request.getfixturevalue("unreachable")
     with pytest.raises(HubUnavailableError) as err:
-        preflight(_cfg(tmp_path), "lal-Joey/MedSAM3_v1")
+        plan_run(_cfg(tmp_path), "lal-Joey/MedSAM3_v1")
     msg = str(err.value)
     assert "\n" not in msg and ".." not in msg and "HF_HUB_OFFLINE=0" not in msg
     assert "base model facebook/sam3, adapter lal-Joey/MedSAM3_v1" in msg
@@ -82,7 +82,7 @@ def test_cold_cache_names_base_and_adapter_and_the_command_in_one_line(tmp_path,
 def test_the_hub_is_probed_once_with_a_short_timeout(tmp_path, unreachable):
     for _ in range(3):  # the CLI's early check, load_model's, ...: one probe
         with pytest.raises(HubUnavailableError):
-            preflight(_cfg(tmp_path), "lal-Joey/MedSAM3_v1")
+            plan_run(_cfg(tmp_path), "lal-Joey/MedSAM3_v1")
     assert unreachable == [(constants.ENDPOINT, hub.PROBE_TIMEOUT_S)]
     assert hub.PROBE_TIMEOUT_S <= 5
 
@@ -92,12 +92,12 @@ def test_only_what_is_missing_is_named(tmp_path, monkeypatch, tiny_checkpoint):
     files = {p.name: p for p in Path(tiny_checkpoint).iterdir() if p.is_file()}
     cache_repo(tmp_path / "cache", "tiny-org/sam3", files)
     with pytest.raises(HubUnavailableError) as err:
-        preflight(_cfg(tmp_path, name="tiny-org/sam3"), "lal-Joey/MedSAM3_v1")
+        plan_run(_cfg(tmp_path, name="tiny-org/sam3"), "lal-Joey/MedSAM3_v1")
     assert ": adapter lal-Joey/MedSAM3_v1." in str(err.value) and "base model" not in str(err.value)
 
 
 def test_nothing_from_the_hub_means_no_probe(tmp_path, unreachable, tiny_config):
-    assert preflight(load_config(tiny_config), "none") is False  # local base, no adapter
+    assert plan_run(load_config(tiny_config), "none").hub_offline is False  # local base, no adapter
     assert unreachable == []
 
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...adapters.plan import RunPlan
 from ...config import Config
+from ...errors import UserError
 from ...model import resolve_device
 from ..predictor import normalised_cxcywh, padding_geometry
 from .kernels import ensure_postprocess_kernels
@@ -111,23 +113,31 @@ class VideoPredictor:
         cfg: Config,
         weights: str | None = None,
         device: str | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         memory_frames: int = 16,
     ) -> VideoPredictor:
         """The video model with the adapter the config (or ``weights``) names on its detector."""
+        from ...adapters.plan import plan_run
+
+        return cls.from_plan(plan_run(cfg, weights, threshold=threshold, device=device), memory_frames=memory_frames)
+
+    @classmethod
+    def from_plan(cls, plan: RunPlan, memory_frames: int = 16) -> VideoPredictor:
+        """The video model a run plan names, at the plan's threshold, device and precision."""
         from ...adapters.video import load_video_model
 
-        model, processor, origin = load_video_model(cfg, weights)
+        model, processor, origin = load_video_model(plan=plan)
         logger.info("adapter: %s", origin)
         vp = cls(
             model,
             processor,
-            device=device or cfg.hardware.device,
-            threshold=threshold,
+            device=plan.device,
+            threshold=plan.threshold,
             memory_frames=memory_frames,
-            precision=cfg.hardware.precision,
+            precision=plan.precision,
         )
         vp.adapter_origin = origin
+        vp.plan = plan
         return vp
 
     def set_thresholds(self, threshold: float, new_object_threshold: float | None = None) -> None:
@@ -136,7 +146,7 @@ class VideoPredictor:
         SAM3's defaults are 0.5 and 0.7; by default the new-object bar is max(threshold, 0.7 of the model).
         """
         if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+            raise UserError(f"threshold must be in [0, 1], got {threshold}")
         new = new_object_threshold
         if new is None:
             new = max(threshold, float(self.model.config.new_det_thresh))
@@ -168,7 +178,7 @@ class VideoPredictor:
         """A streaming session with ``prompts`` registered (several at once; each object keeps its prompt)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not str(p).strip() for p in prompts):
-            raise ValueError("give at least one non-empty prompt")
+            raise UserError("give at least one non-empty prompt")
         session = self.processor.init_video_session(inference_device=self.device, dtype=torch.float32)
         self.processor.add_text_prompt(session, prompts)
         return session

@@ -1,0 +1,221 @@
+"""The run plan: every decision about *what* a command loads, made once, before torch is imported.
+
+From a config and the command-line flags, :func:`plan_run` settles
+
+- the base model and the adapter (or full model), by the one auto-detection rule of
+  :func:`medsam3.adapters.sources.resolve_sources`;
+- the detection threshold: ``--threshold`` > the value recorded by the adapter > the value
+  recorded by the base model > 0.5, plus per-concept values where the metadata records them;
+- the concepts the model and adapter were trained on (an empty vocabulary = open vocabulary);
+- the device and precision (flag > ``hardware.*``);
+- whether the hub is usable (one probe per run; offline reads the cache only).
+
+Every command (infer, batch, volume, video, evaluate, app, download) builds one plan and hands
+it on (:meth:`medsam3.inference.predictor.Predictor.from_plan`,
+:func:`medsam3.adapters.loading.load_model`), so no later step works any of this out again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from .errors import AdapterError
+from .hub import prepare_hub
+from .provenance import ADAPTER_METADATA, MODEL_METADATA
+from .sources import Sources, resolve_sources
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "RecordedMetadata",
+    "RunPlan",
+    "plan_run",
+    "read_concepts",
+    "read_recorded",
+    "recorded_threshold",
+    "trained_concepts",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+"""SAM3's own operating point: used when neither the flag nor the weights say otherwise."""
+
+
+@dataclass(frozen=True)
+class RecordedMetadata:
+    """What medsam3's training wrote beside a model or adapter (``medsam3_model.json`` / ``medsam3_adapter.json``)."""
+
+    concepts: tuple[str, ...] = ()
+    threshold: float | None = None
+    concept_thresholds: dict[str, float] = field(default_factory=dict)
+
+
+def _threshold_value(value: object, path: Path, key: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise AdapterError(f"{path}: {key} must be a number in [0, 1], got {value!r}; fix or delete the file")
+    return float(value)
+
+
+def read_recorded(directory: str | Path) -> RecordedMetadata:
+    """Concepts and thresholds recorded in ``directory`` (nothing recorded -> empty metadata).
+
+    Both metadata files are read when present; the adapter's record wins over a full model's in the
+    same folder. A file that is there but unreadable is an error, not "no metadata": a silently
+    dropped threshold would change every result.
+    """
+    directory = Path(directory)
+    concepts: list[str] = []
+    threshold: float | None = None
+    per_concept: dict[str, float] = {}
+    for name in (MODEL_METADATA, ADAPTER_METADATA):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AdapterError(f"{path}: unreadable training metadata ({exc}); restore it or delete it") from exc
+        if not isinstance(meta, dict):
+            raise AdapterError(f"{path}: expected a JSON object; restore it from the training output or delete it")
+        listed = (meta.get("concepts") or []) + (meta.get("base_concepts") or [])
+        if not isinstance(listed, list):
+            raise AdapterError(f"{path}: 'concepts' must be a list of strings; fix or delete the file")
+        concepts += [str(c) for c in listed]
+        recorded = _threshold_value(meta.get("threshold"), path, "threshold")
+        threshold = recorded if recorded is not None else threshold
+        table = meta.get("concept_thresholds") or {}
+        if not isinstance(table, dict):
+            raise AdapterError(f"{path}: 'concept_thresholds' must map concept -> threshold; fix or delete the file")
+        for concept, value in table.items():
+            per_concept[str(concept)] = _threshold_value(value, path, f"concept_thresholds[{concept!r}]")
+    return RecordedMetadata(tuple(dict.fromkeys(concepts)), threshold, per_concept)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run loads and how it decides; built by :func:`plan_run`, read by every later step."""
+
+    sources: Sources
+    """Base model (``sources.cfg.model.name``), adapter source or ``"none"``, full model, auto-detection note."""
+    threshold: float
+    threshold_source: str
+    """Where :attr:`threshold` came from: ``--threshold``, the metadata file that recorded it, or the default."""
+    concept_thresholds: dict[str, float]
+    """Per-concept thresholds recorded at training time (``--threshold`` overrides them all)."""
+    concepts: dict[str, list[str]]
+    """``{model or adapter folder: concepts it was trained on}``; empty: an open vocabulary."""
+    device: str
+    precision: str
+    hub_offline: bool
+    """True: read the hub cache only (offline or unreachable)."""
+
+    @property
+    def cfg(self) -> Config:
+        """The config to load with (``model.name`` is the full model when one replaced the adapter)."""
+        return self.sources.cfg
+
+    @property
+    def adapter(self) -> str:
+        return self.sources.adapter
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Every recorded concept, in order, once."""
+        return list(dict.fromkeys(c for concepts in self.concepts.values() for c in concepts))
+
+    def threshold_for(self, prompt: str) -> float:
+        """The threshold for one prompt: the per-concept record unless ``--threshold`` was given."""
+        if self.threshold_source == "--threshold":
+            return self.threshold
+        return self.concept_thresholds.get(prompt.strip().lower(), self.threshold)
+
+    def describe(self) -> str:
+        """One log line: base, adapter, threshold and its origin."""
+        adapter = "none (plain model)" if self.adapter == "none" else self.adapter
+        return (
+            f"model {self.cfg.model.name}, adapter {adapter}, threshold {self.threshold:g} ({self.threshold_source}), "
+            f"device {self.device}, precision {self.precision}"
+        )
+
+
+def _metadata_dirs(sources: Sources) -> list[Path]:
+    """Folders whose metadata describe what is loaded, base first (so the adapter's record wins)."""
+    dirs = []
+    base = Path(sources.cfg.model.name).expanduser()
+    if base.is_dir():
+        dirs.append(base)
+    if sources.adapter.lower() != "none":
+        path = Path(sources.adapter).expanduser()
+        folder = path if path.is_dir() else path.parent
+        if path.exists() and folder.is_dir() and folder not in dirs:
+            dirs.append(folder)
+    return dirs
+
+
+def plan_run(
+    cfg: Config,
+    weights: str | None = None,
+    *,
+    threshold: float | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    check_hub: bool = True,
+) -> RunPlan:
+    """Decide everything about what a run loads, once; raises a one-line ``UserError`` for what cannot work.
+
+    ``weights`` is ``--weights`` (None: ``model.lora_weights``, else auto-detection). ``check_hub=False``
+    skips the hub probe (``--list-concepts`` only reads local metadata).
+    """
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise AdapterError(f"--threshold must be in [0, 1], got {threshold:g}")
+    sources = resolve_sources(cfg, weights)
+    concepts: dict[str, list[str]] = {}
+    recorded_threshold: float | None = None
+    recorded_from = ""
+    per_concept: dict[str, float] = {}
+    for folder in _metadata_dirs(sources):
+        meta = read_recorded(folder)
+        if meta.concepts:
+            concepts[str(folder)] = list(meta.concepts)
+        if meta.threshold is not None:
+            recorded_threshold, recorded_from = meta.threshold, f"recorded in {folder}"
+        per_concept.update({k.lower(): v for k, v in meta.concept_thresholds.items()})
+    if threshold is not None:
+        chosen, origin = float(threshold), "--threshold"
+    elif recorded_threshold is not None:
+        chosen, origin = recorded_threshold, recorded_from
+    else:
+        chosen, origin = DEFAULT_THRESHOLD, "default"
+    hub_offline = prepare_hub(sources.cfg, sources.adapter) if check_hub else True
+    plan = RunPlan(
+        sources=sources,
+        threshold=chosen,
+        threshold_source=origin,
+        concept_thresholds=per_concept,
+        concepts=concepts,
+        device=device or sources.cfg.hardware.device,
+        precision=precision or sources.cfg.hardware.precision,
+        hub_offline=hub_offline,
+    )
+    return plan
+
+
+def read_concepts(directory: str | Path) -> list[str]:
+    """Concepts recorded in a model or adapter directory (empty when none were recorded)."""
+    return list(read_recorded(directory).concepts)
+
+
+def trained_concepts(cfg: Config, weights: str | None = None) -> dict[str, list[str]]:
+    """``{source: concepts}`` for what ``cfg``/``weights`` load (the plan's rule, without the hub probe)."""
+    return plan_run(cfg, weights, check_hub=False).concepts
+
+
+def recorded_threshold(cfg: Config, weights: str | None = None) -> float:
+    """The threshold a run without ``--threshold`` uses (the plan's rule, without the hub probe)."""
+    return plan_run(cfg, weights, check_hub=False).threshold

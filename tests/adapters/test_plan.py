@@ -1,0 +1,109 @@
+"""The run plan: one rule for model, adapter, threshold and concepts, used by every command."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medsam3.adapters.errors import AdapterError
+from medsam3.adapters.peft_format import save_adapter
+from medsam3.adapters.plan import DEFAULT_THRESHOLD, plan_run
+from medsam3.cli.infer import main as infer_main
+from medsam3.config import load_config
+from medsam3.model import add_lora, load_base_model
+
+DEMO_SLICE = Path(__file__).resolve().parents[2] / "medsam3" / "demo" / "examples" / "ct_dicom_slice.dcm"
+
+
+def _trained_adapter(cfg_path: Path, out_dir: Path, metadata: dict) -> Path:
+    """A PEFT adapter for the tiny model, saved where training saves its best adapter, with its metadata."""
+    cfg = load_config(cfg_path)
+    model, _ = load_base_model(cfg.model)
+    peft_model = add_lora(model, cfg.lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return save_adapter(peft_model, out_dir, metadata=metadata)
+
+
+@pytest.fixture
+def auto_detected(tmp_path, tiny_config) -> Path:
+    """The config's output_dir holds ``best_lora_weights/`` recording threshold 0.37 and two concepts."""
+    output_dir = Path(load_config(tiny_config).output.output_dir)
+    _trained_adapter(
+        tiny_config,
+        output_dir / "best_lora_weights",
+        {"threshold": 0.37, "concepts": ["liver", "spleen"], "concept_thresholds": {"Spleen": 0.61}},
+    )
+    return tiny_config
+
+
+def test_auto_detected_adapter_records_threshold_and_concepts(auto_detected):
+    plan = plan_run(load_config(auto_detected), None, check_hub=False)
+    assert plan.adapter.endswith("best_lora_weights")
+    assert plan.threshold == pytest.approx(0.37)
+    assert "best_lora_weights" in plan.threshold_source
+    assert plan.vocabulary == ["liver", "spleen"]
+    assert plan.threshold_for("spleen") == pytest.approx(0.61)  # per concept, case-insensitive
+    assert plan.threshold_for("liver") == pytest.approx(0.37)
+    flagged = plan_run(load_config(auto_detected), None, threshold=0.8, check_hub=False)
+    assert flagged.threshold == 0.8 and flagged.threshold_for("spleen") == 0.8  # the flag beats every record
+
+
+def test_cli_uses_the_auto_detected_adapters_threshold(auto_detected, tmp_path, rgb_image):
+    image = tmp_path / "scan.png"
+    Image.fromarray(rgb_image).save(image)
+    out = tmp_path / "det.json"
+    assert infer_main(["--config", str(auto_detected), "--image", str(image), "--prompt", "liver", "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["threshold"] == pytest.approx(0.37)
+    assert "best_lora_weights" in written["adapter"]
+    flagged = tmp_path / "flag.json"
+    args = ["--config", str(auto_detected), "--image", str(image), "--prompt", "liver", "--json", str(flagged)]
+    assert infer_main([*args, "--threshold", "0.9"]) == 0
+    assert json.loads(flagged.read_text())["threshold"] == pytest.approx(0.9)
+
+
+def test_demo_weights_use_their_recorded_threshold(tmp_path):
+    recorded = json.loads((Path(DEMO_SLICE).parents[1] / "model" / "medsam3_model.json").read_text())["threshold"]
+    plan = plan_run(load_config(None), "demo", check_hub=False)
+    assert plan.threshold == pytest.approx(recorded) != DEFAULT_THRESHOLD
+    assert "liver" in plan.vocabulary
+    out = tmp_path / "demo.json"
+    args = ["--weights", "demo", "--image", str(DEMO_SLICE), "--prompt", "liver", "--json", str(out)]
+    assert infer_main([*args, "--output", str(tmp_path / "o.png"), "--device", "cpu"]) == 0
+    assert json.loads(out.read_text())["threshold"] == pytest.approx(recorded)
+
+
+def test_plain_weights_fall_back_to_the_default(tiny_config):
+    plan = plan_run(load_config(tiny_config), "none", check_hub=False)
+    assert (plan.threshold, plan.threshold_source, plan.concepts) == (DEFAULT_THRESHOLD, "default", {})
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"threshold": 1.5}), "threshold must be a number in [0, 1]"),
+        (json.dumps({"threshold": "0.3"}), "threshold must be a number in [0, 1]"),
+        (json.dumps({"concept_thresholds": [0.3]}), "'concept_thresholds' must map"),
+    ],
+)
+def test_bad_metadata_is_refused_not_ignored(tmp_path, tiny_config, metadata, message):
+    adapter = _trained_adapter(tiny_config, tmp_path / "adapter", {"threshold": 0.4})
+    (adapter / "medsam3_adapter.json").write_text(metadata)
+    with pytest.raises(AdapterError, match=re.escape(message)):
+        plan_run(load_config(tiny_config), str(adapter), check_hub=False)
+
+
+def test_threshold_out_of_range_is_a_user_error(tiny_config):
+    with pytest.raises(AdapterError, match="--threshold must be in"):
+        plan_run(load_config(tiny_config), "none", threshold=np.float64(1.2), check_hub=False)

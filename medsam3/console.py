@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from .errors import UserError
 
@@ -85,8 +86,11 @@ BUG_REPORT_HINT = (
 
 
 def report_bug(prog: str) -> int:
-    """Log the exception being handled with its traceback, say it is a bug, and return exit code 1."""
-    logging.getLogger(prog).exception("%s: unexpected error", prog)
+    """Print the exception being handled with its traceback, say it is a bug, and return exit code 1.
+
+    Straight to stderr (not through logging): the traceback must show even with ``-q``.
+    """
+    traceback.print_exc(file=sys.stderr)
     sys.stderr.write(f"{prog}: {BUG_REPORT_HINT}\n")
     return 1
 

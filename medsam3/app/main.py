@@ -11,7 +11,7 @@ import logging
 import os
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, setup_logging, user_errors
+from ..console import add_set_flag, print_error, report_bug, setup_logging, user_errors
 
 __all__ = ["build_parser", "main"]
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logger.exception("failed")
         return print_error(PROG, exc)
+    except Exception:
+        return report_bug(PROG)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.

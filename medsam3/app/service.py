@@ -36,17 +36,14 @@ from PIL import Image, ImageDraw
 from ..errors import UserError
 from ..inference.batch import InferenceOptions, write_volume_outputs
 from ..inference.inputs import LoadedInput, load_input
-from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
+from ..inference.postprocess import Detections
 from ..inference.volume import VolumeSegmentation, resolve_axis, segment_volume
 from ..io import WINDOW_PRESETS
 from ..outputs import (
+    ImageOutputPaths,
     label_montage,
-    overlay_detections,
     overlay_labels,
-    results_to_json,
-    save_png,
-    write_json,
-    write_prompt_masks,
+    write_image_outputs,
 )
 
 __all__ = [
@@ -353,15 +350,12 @@ class AppService:
             boxes_key = tuple(boxes)
             missing = [p for p in prompts if (upload.key, p, boxes_key) not in self._outputs]
             row_boxes = _box_arrays(boxes)
-            step = self.predictor.prompt_batch_size
-            for start in range(0, len(missing), step):
-                chunk = missing[start : start + step]
-                out = self.predictor.forward_rows(vision, [0] * len(chunk), chunk, [row_boxes] * len(chunk), sizes)
-                scores = detection_scores(out.pred_logits, out.presence_logits)
-                for j, prompt in enumerate(chunk):
-                    # copies, so evicting one prompt frees its memory (a view would pin its whole batch)
-                    raw = (scores[j].clone(), out.pred_boxes[j].clone(), out.pred_masks[j].clone())
-                    self._remember(self._outputs, (upload.key, prompt, boxes_key), raw, self._output_cache_size)
+            rows = [(0, prompt, row_boxes) for prompt in missing]
+            for raw in self.predictor.raw_outputs(vision, sizes, rows):
+                # copies, so evicting one prompt frees its memory (a view would pin its whole batch)
+                self._remember(
+                    self._outputs, (upload.key, raw.prompt, boxes_key), raw.detached(), self._output_cache_size
+                )
             results = self._filter(upload, prompts, boxes_key, threshold, nms_iou)
             seconds = time.perf_counter() - t1
         logger.info(
@@ -391,8 +385,7 @@ class AppService:
         for prompt in prompts:
             key = (upload.key, prompt, boxes_key)
             self._outputs.move_to_end(key)
-            scores, pred_boxes, masks = self._outputs[key]
-            out.append(postprocess_query_outputs(prompt, scores, pred_boxes, masks, size, threshold, nms_iou))
+            out.append(self._outputs[key].detections(size, threshold, nms_iou))
         return out
 
     @staticmethod
@@ -409,20 +402,21 @@ class AppService:
         the JSON records the uploaded file's name as ``image``.
         """
         out_dir = self.new_dir("run")
-        rgb = upload.loaded.image.rgb
-        overlay = out_dir / f"{Path(upload.name).stem}_medsam3.png"
-        save_png(overlay_detections(rgb, result.results), overlay)
-        record = results_to_json(
+        paths = ImageOutputPaths(
+            overlay=out_dir / f"{Path(upload.name).stem}_medsam3.png",
+            detections_json=out_dir / "detections.json",
+            masks_dir=out_dir / "masks",
+        )
+        _, written = write_image_outputs(
             result.results,
+            upload.loaded.image.rgb,
             upload.name,
-            rgb.shape[:2],
+            paths,
             adapter=self.adapter,
             threshold=result.threshold,
             nms_iou=result.nms_iou,
         )
-        write_json(record, out_dir / "detections.json")
-        masks = write_prompt_masks(result.results, out_dir / "masks")
-        return [overlay, out_dir / "detections.json", *masks]
+        return [written[0], written[-1], *written[1:-1]]  # overlay, detections.json, then the masks
 
     def detection_rows(self, upload: Upload, result: ImageResult) -> list[list]:
         """One table row per detection: prompt, rank, score, area in px and, with a pixel spacing, mm²."""

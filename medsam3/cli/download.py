@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, setup_logging, user_errors
+from ..console import add_set_flag, print_error, report_bug, setup_logging, user_errors
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.download")
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logger.exception("failed")
         return print_error(PROG, exc)
+    except Exception:
+        return report_bug(PROG)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from ..console import add_set_flag, print_error, quiet_weight_loading, report_bug, setup_logging, user_errors
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.evaluate")
@@ -263,10 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         io_logger.setLevel(logging.WARNING)
     try:
         return run(args)
-    except user_errors() as exc:  # EvaluationError is a ValueError
+    except user_errors() as exc:  # EvaluationError is a UserError
         if args.verbose:
             logger.exception("failed")
         return print_error("evaluate.py", exc)
+    except Exception:
+        return report_bug("evaluate.py")
     finally:
         io_logger.setLevel(io_level)
         distributed = sys.modules.get("medsam3.inference.distributed")  # loaded only if a model was

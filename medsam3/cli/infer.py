@@ -384,26 +384,27 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_single_image(results, image, image_path: Path, predictor, args) -> None:
     """One 2D image, today's outputs: --output overlay, --json detections, --masks-dir PNGs."""
-    from ..outputs import overlay_detections, results_to_json, save_png, write_json, write_prompt_masks
+    from ..outputs import ImageOutputPaths, write_image_outputs
 
-    output = args.output or image_path.parent / f"{image_path.stem}_medsam3.png"
-    save_png(overlay_detections(image, results), output)
+    output = Path(args.output) if args.output else image_path.parent / f"{image_path.stem}_medsam3.png"
+    paths = ImageOutputPaths(
+        overlay=output,
+        detections_json=Path(args.json) if args.json else None,
+        masks_dir=Path(args.masks_dir) if args.masks_dir else None,
+    )
+    write_image_outputs(
+        results,
+        image,
+        str(image_path),
+        paths,
+        adapter=predictor.adapter_origin,
+        threshold=predictor.plan.threshold,
+        nms_iou=args.nms_iou,
+    )
     logger.info("overlay -> %s", output)
     if args.json:
-        write_json(
-            results_to_json(
-                results,
-                str(image_path),
-                image.shape[:2],
-                adapter=predictor.adapter_origin,
-                threshold=predictor.plan.threshold,
-                nms_iou=args.nms_iou,
-            ),
-            args.json,
-        )
         logger.info("detections -> %s", args.json)
     if args.masks_dir:
-        write_prompt_masks(results, args.masks_dir)
         logger.info("masks -> %s/", args.masks_dir)
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from ..console import add_set_flag, print_error, quiet_weight_loading, report_bug, setup_logging, user_errors
 from ..errors import UserError
 from ..train.data_paths import train_split
 from . import add_version_flag
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             logger.exception("failed")
         return print_error(PROG, exc)
+    except Exception:
+        return report_bug(PROG)
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; steps after the newest checkpoint are lost, continue with --resume\n")
         return 130

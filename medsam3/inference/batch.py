@@ -36,16 +36,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..io import Image2D, Volume, label_map_image, save_volume
 from ..io.windows import WindowSpec
 from ..outputs import (
+    ImageOutputPaths,
     atomic_path,
     coco_results,
     label_montage,
-    overlay_detections,
     overlay_labels,
     prompt_slug,
-    results_to_json,
     save_png,
+    write_image_outputs,
     write_json,
-    write_prompt_masks,
 )
 from ..outputs.summary_csv import SummaryWriter, summary_row, write_summary
 from .distributed import DistInfo, barrier, gather_to_main, path_bytes, shard_by_size
@@ -131,21 +130,19 @@ def process_image(
     if results is None:
         results = segment_image(predictor, image, opts)
     out_dir = Path(out_dir)
-    save_png(overlay_detections(image.rgb, results), out_dir / "overlay.png")
-    if opts.binary_masks:
-        write_prompt_masks(results, out_dir / "masks")
-    seconds = time.perf_counter() - t0
-    record = results_to_json(
+    record, _ = write_image_outputs(
         results,
+        image.rgb,
         str(loaded.path),
-        image.rgb.shape[:2],
+        ImageOutputPaths(overlay=out_dir / "overlay.png", masks_dir=out_dir / "masks" if opts.binary_masks else None),
         kind="image",
         adapter=opts.adapter,
         threshold=opts.threshold,
         nms_iou=opts.nms_iou,
         intensity=image.intensity,
-        seconds=round(seconds, 3),
     )
+    seconds = time.perf_counter() - t0
+    record["seconds"] = round(seconds, 3)
     record["summary_rows"] = _image_rows(loaded.path, results, seconds)
     write_json(record, out_dir / IMAGE_DONE)
     for d in results:

@@ -8,38 +8,17 @@ time per prompt (DESIGN.md, "Facts measured on the landed code").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
+
+from ..outputs.detections import Detections
 
 __all__ = ["Detections", "detection_scores", "postprocess_query_outputs", "upsample_mask_logits"]
 
 # Upsampled logits are materialised this many elements at a time (fp32: 256 MiB), so 200 kept
 # masks of a 2048 px image do not need gigabytes at once.
 _UPSAMPLE_CHUNK_ELEMENTS = 64 * 2**20
-
-
-@dataclass
-class Detections:
-    """What one text prompt found in one image, best score first.
-
-    ``boxes`` are xyxy in pixels of the original image, ``masks`` boolean at its resolution.
-    """
-
-    prompt: str
-    boxes: np.ndarray  # (N, 4) float32
-    scores: np.ndarray  # (N,) float32
-    masks: np.ndarray  # (N, H, W) bool
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-    def semantic_mask(self) -> np.ndarray:
-        """Union of all detections (H, W): the mask Dice is computed on."""
-        return self.masks.any(axis=0) if len(self) else np.zeros(self.masks.shape[1:], dtype=bool)
 
 
 def detection_scores(pred_logits: torch.Tensor, presence_logits: torch.Tensor | None) -> torch.Tensor:

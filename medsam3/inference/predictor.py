@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .postprocess import Detections, detection_scores, postprocess_query_outputs
 __all__ = [
     "ImageInput",
     "Predictor",
+    "RawPromptOutput",
     "default_prompt_batch_size",
     "normalised_cxcywh",
     "PAD_BOX",
@@ -184,6 +186,28 @@ def _normalise_boxes(boxes, labels, n_prompts: int) -> list[tuple[np.ndarray, np
             raise UserError(f"box labels must be 1 (positive) or 0 (negative), one per box; got {lab.tolist()}")
         out.append((b, lab))
     return out
+
+
+@dataclass(frozen=True)
+class RawPromptOutput:
+    """One prompt row's per-query outputs, before threshold and NMS: what re-filtering needs."""
+
+    prompt: str
+    image_index: int
+    scores: torch.Tensor  # (Q,) sigmoid(logit) x sigmoid(presence)
+    boxes: torch.Tensor  # (Q, 4) normalised xyxy, as SAM3 returns them (pred_boxes)
+    mask_logits: torch.Tensor  # (Q, h, w) at the mask decoder's resolution
+
+    def detached(self) -> RawPromptOutput:
+        """A copy that owns its memory (so evicting it from a cache frees it)."""
+        return RawPromptOutput(
+            self.prompt, self.image_index, self.scores.clone(), self.boxes.clone(), self.mask_logits.clone()
+        )
+
+    def detections(self, size: tuple[int, int], threshold: float, nms_iou: float | None) -> Detections:
+        return postprocess_query_outputs(
+            self.prompt, self.scores, self.boxes, self.mask_logits, size, threshold, nms_iou
+        )
 
 
 class Predictor:
@@ -340,6 +364,26 @@ class Predictor:
                 input_boxes_labels=input_labels,
             )
 
+    def raw_outputs(
+        self,
+        vision: Sam3VisionEncoderOutput,
+        sizes: list[tuple[int, int]],
+        rows: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]],
+    ) -> Iterator[RawPromptOutput]:
+        """Per row (image index, prompt, (boxes, labels)): SAM3's scores, boxes and mask logits for every query.
+
+        Rows run ``prompt_batch_size`` at a time over the cached features; the tensors of a row are views
+        into its batch's outputs (``clone`` them to keep one row without pinning the batch). Thresholding
+        and NMS are :func:`~.postprocess.postprocess_query_outputs`'s job: :meth:`predict_rows` applies
+        them, and a caller that re-filters at other thresholds (the web app) keeps these instead.
+        """
+        for start in range(0, len(rows), self.prompt_batch_size):
+            chunk = rows[start : start + self.prompt_batch_size]
+            out = self.forward_rows(vision, [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], sizes)
+            scores = detection_scores(out.pred_logits, out.presence_logits)
+            for j, (image_i, prompt, _) in enumerate(chunk):
+                yield RawPromptOutput(prompt, image_i, scores[j], out.pred_boxes[j], out.pred_masks[j])
+
     def predict_rows(
         self,
         vision: Sam3VisionEncoderOutput,
@@ -350,21 +394,12 @@ class Predictor:
     ) -> list[Detections]:
         """Detections for (image index, prompt, (boxes, labels)) rows over features from :meth:`encode_images`.
 
-        Rows go through the model ``prompt_batch_size`` at a time; each row is thresholded and
-        NMS'd before its surviving masks are upsampled (:func:`.postprocess.postprocess_query_outputs`).
+        Each row is thresholded and NMS'd before its surviving masks are upsampled
+        (:func:`.postprocess.postprocess_query_outputs`).
         """
-        results: list[Detections] = []
-        for start in range(0, len(rows), self.prompt_batch_size):
-            chunk = rows[start : start + self.prompt_batch_size]
-            out = self.forward_rows(vision, [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], sizes)
-            scores = detection_scores(out.pred_logits, out.presence_logits)
-            for j, (image_i, prompt, _) in enumerate(chunk):
-                results.append(
-                    postprocess_query_outputs(
-                        prompt, scores[j], out.pred_boxes[j], out.pred_masks[j], sizes[image_i], threshold, nms_iou
-                    )
-                )
-        return results
+        return [
+            raw.detections(sizes[raw.image_index], threshold, nms_iou) for raw in self.raw_outputs(vision, sizes, rows)
+        ]
 
     @staticmethod
     def _check_prompts(prompts: str | Sequence[str]) -> list[str]:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .detections import Detections
 from .files import save_png
 
-if TYPE_CHECKING:  # only for annotations: outputs is a leaf and never imports inference at run time
-    from ..inference.postprocess import Detections
 
 __all__ = ["coco_results", "decode_rle", "encode_rle", "prompt_slug", "results_to_json", "write_prompt_masks"]
 

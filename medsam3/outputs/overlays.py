@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:  # annotations only: outputs is a leaf
-    from ..inference.postprocess import Detections
+from .detections import Detections
+
 
 __all__ = ["PALETTE", "label_montage", "overlay_detections", "overlay_labels", "text_size", "upscale_factor"]
 

@@ -62,7 +62,10 @@ def test_cli_uses_the_auto_detected_adapters_threshold(auto_detected, tmp_path, 
     image = tmp_path / "scan.png"
     Image.fromarray(rgb_image).save(image)
     out = tmp_path / "det.json"
-    assert infer_main(["--config", str(auto_detected), "--image", str(image), "--prompt", "liver", "--json", str(out)]) == 0
+    assert (
+        infer_main(["--config", str(auto_detected), "--image", str(image), "--prompt", "liver", "--json", str(out)])
+        == 0
+    )
     written = json.loads(out.read_text())
     assert written["threshold"] == pytest.approx(0.37)
     assert "best_lora_weights" in written["adapter"]

@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 
 from .errors import UserError
 
@@ -21,6 +22,7 @@ __all__ = [
     "quiet_weight_loading",
     "setup_logging",
     "report_bug",
+    "run_command",
     "user_errors",
 ]
 
@@ -83,6 +85,26 @@ BUG_REPORT_HINT = (
     "this is a bug in medsam3, not a problem with your input; please report it with the traceback above "
     "and the command you ran (see the README's 'Reporting problems')"
 )
+
+
+def run_command(prog: str, command: Callable[[], int], verbose: bool = False, interrupted: str = "") -> int:
+    """Run a command's body under the one error policy every front end shares.
+
+    :class:`~medsam3.errors.UserError` -> one ``prog: error:`` line, exit 2 (with ``-v`` the traceback
+    too); Ctrl-C -> ``interrupted`` (what was kept, how to continue), exit 130; anything else is a
+    bug: its traceback and where to report it, exit 1.
+    """
+    try:
+        return command()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted{'; ' + interrupted if interrupted else ''}\n")
+        return 130
+    except UserError as exc:
+        if verbose:
+            logging.getLogger(prog).exception("failed")
+        return print_error(prog, exc)
+    except Exception:
+        return report_bug(prog)
 
 
 def report_bug(prog: str) -> int:

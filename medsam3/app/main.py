@@ -11,7 +11,8 @@ import logging
 import os
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, report_bug, setup_logging, user_errors
+from ..console import add_set_flag, run_command, setup_logging
+from ..errors import UserError
 
 __all__ = ["build_parser", "main"]
 
@@ -52,29 +53,27 @@ def main(argv: list[str] | None = None) -> int:
         libraries=("transformers", "huggingface_hub", "peft", "httpx", "gradio"),
         library_level=logging.WARNING,
     )
+    return run_command(PROG, lambda: serve(args), args.verbose)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Check the flags, load the model the run plan names, and serve the app until stopped."""
     if not 0 <= args.port <= 65535:
-        return print_error(PROG, f"--port must be in 0..65535, got {args.port}")
+        raise UserError(f"--port must be in 0..65535, got {args.port}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinic's machine
     try:
         import gradio  # noqa: F401
-    except ImportError:
-        return print_error(PROG, "the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')")
-    try:
-        cfg = load_config(args.config, args.set)
-        from ..adapters.plan import plan_run
-        from ..inference.predictor import Predictor
-        from .service import AppService
-        from .ui import build_ui
+    except ImportError as exc:
+        raise UserError("the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')") from exc
+    cfg = load_config(args.config, args.set)
+    from ..adapters.plan import plan_run
+    from ..inference.predictor import Predictor
+    from .service import AppService
+    from .ui import build_ui
 
-        plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
-        predictor = Predictor.from_plan(plan)
-        service = AppService(predictor, work_dir=args.work_dir)
-    except user_errors() as exc:
-        if args.verbose:
-            logger.exception("failed")
-        return print_error(PROG, exc)
-    except Exception:
-        return report_bug(PROG)
+    plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
+    predictor = Predictor.from_plan(plan)
+    service = AppService(predictor, work_dir=args.work_dir)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, report_bug, setup_logging, user_errors
+from ..console import add_set_flag, run_command, setup_logging
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.download")
@@ -66,17 +66,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; run it again to finish (finished files are kept)\n")
-        return 130
-    except user_errors() as exc:
-        if args.verbose:
-            logger.exception("failed")
-        return print_error(PROG, exc)
-    except Exception:
-        return report_bug(PROG)
+    return run_command(
+        PROG, lambda: run(args), args.verbose, interrupted="run it again to finish (finished files are kept)"
+    )
 
 
 if __name__ == "__main__":

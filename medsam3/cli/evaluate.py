@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, report_bug, setup_logging, user_errors
+from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.evaluate")
@@ -262,13 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # one INFO line per image read / mask written drowns the report
         io_logger.setLevel(logging.WARNING)
     try:
-        return run(args)
-    except user_errors() as exc:  # EvaluationError is a UserError
-        if args.verbose:
-            logger.exception("failed")
-        return print_error("evaluate.py", exc)
-    except Exception:
-        return report_bug("evaluate.py")
+        return run_command("evaluate.py", lambda: run(args), args.verbose)
     finally:
         io_logger.setLevel(io_level)
         distributed = sys.modules.get("medsam3.inference.distributed")  # loaded only if a model was

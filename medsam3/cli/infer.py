@@ -18,7 +18,7 @@ from pathlib import Path
 from ..adapters.concepts import prompt_warnings
 from ..adapters.plan import plan_run
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, report_bug, setup_logging, user_errors
+from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from ..errors import InputNotFoundError, UserError
 from ..io.formats import detect_format
 from . import add_version_flag
@@ -412,19 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write(
-            "infer_sam.py: interrupted; finished outputs are kept (a batch resumes with --skip-existing)\n"
-        )
-        return 130
-    except user_errors() as exc:
-        if args.verbose:
-            logger.exception("failed")
-        return print_error("infer_sam.py", exc)
-    except Exception:
-        return report_bug("infer_sam.py")
+    return run_command(
+        "infer_sam.py",
+        lambda: run(args),
+        args.verbose,
+        interrupted="finished outputs are kept (a batch resumes with --skip-existing)",
+    )
 
 
 if __name__ == "__main__":

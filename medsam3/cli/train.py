@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, report_bug, setup_logging, user_errors
+from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from ..errors import UserError
 from ..train.data_paths import train_split
 from . import add_version_flag
@@ -135,16 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
-        return run(args, argv)
-    except user_errors() as exc:
-        if args.verbose:
-            logger.exception("failed")
-        return print_error(PROG, exc)
-    except Exception:
-        return report_bug(PROG)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; steps after the newest checkpoint are lost, continue with --resume\n")
-        return 130
+        return run_command(
+            PROG,
+            lambda: run(args, argv),
+            args.verbose,
+            interrupted="steps after the newest checkpoint are lost, continue with --resume",
+        )
     finally:
         if "torch.distributed" in sys.modules:  # no process group without torch: an early error stays fast
             from ..train.distributed import cleanup

@@ -68,6 +68,12 @@ def prompt_warnings(prompts: list[str], known: dict[str, list[str]]) -> list[str
         if prompt.strip().lower() in lower:
             continue
         close = difflib.get_close_matches(prompt.strip().lower(), list(lower), n=3, cutoff=0.5)
-        hint = f"closest: {', '.join(repr(lower[c]) for c in close)}" if close else "see --list-concepts"
+        if close:
+            hint = f"closest: {', '.join(repr(lower[c]) for c in close)}"
+        else:  # nothing alike: say what it does know
+            shown = ", ".join(repr(c) for c in vocabulary[:12])
+            hint = f"known concepts: {shown}" + (
+                f" and {len(vocabulary) - 12} more (--list-concepts)" if len(vocabulary) > 12 else ""
+            )
         messages.append(f"prompt {prompt!r} is not a concept this model was trained on ({hint})")
     return messages

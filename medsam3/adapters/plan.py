@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
+from .concepts import prompt_warnings
 from .errors import AdapterError
 from .hub import prepare_hub
 from .provenance import ADAPTER_METADATA, MODEL_METADATA
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "RecordedMetadata",
     "RunPlan",
+    "UnknownConceptError",
     "plan_run",
     "read_concepts",
     "read_recorded",
@@ -43,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
 """SAM3's own operating point: used when neither the flag nor the weights say otherwise."""
+
+
+class UnknownConceptError(AdapterError):
+    """A prompt outside the concepts the model was trained on, without ``--allow-unknown``."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,29 @@ class RunPlan:
     def vocabulary(self) -> list[str]:
         """Every recorded concept, in order, once."""
         return list(dict.fromkeys(c for concepts in self.concepts.values() for c in concepts))
+
+    def unknown_prompts(self, prompts: list[str]) -> list[str]:
+        """The prompts outside the recorded vocabulary (none when nothing is recorded: an open vocabulary)."""
+        known = {c.strip().lower() for c in self.vocabulary}
+        return [p for p in prompts if known and p.strip().lower() not in known]
+
+    def check_prompts(self, prompts: list[str], allow_unknown: bool = False) -> list[str]:
+        """Refuse prompts outside a recorded vocabulary, naming the closest known concepts, unless allowed.
+
+        A model trained on a closed list of concepts answers any other text with its nearest concept
+        (the demo labels the liver "pancreas" with a high score), so by default such a prompt is not
+        run. With ``allow_unknown`` the returned warnings are logged and the outputs mark the prompt.
+        """
+        unknown = self.unknown_prompts(prompts)
+        if not unknown:
+            return []
+        messages = prompt_warnings(unknown, self.concepts)
+        if not allow_unknown:
+            raise UnknownConceptError(
+                "; ".join(messages) + "; its result would be another concept's mask under this name. "
+                "Use a known concept, or --allow-unknown to run it anyway (marked 'unknown concept' in every output)"
+            )
+        return [m + "; run anyway (--allow-unknown), marked 'unknown concept' in the outputs" for m in messages]
 
     def threshold_for(self, prompt: str) -> float:
         """The threshold for one prompt: the per-concept record unless ``--threshold`` was given."""

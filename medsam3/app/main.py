@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_flag(p, "model.name=/models/sam3")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="run prompts outside the concepts the model records (refused by default, as by infer_sam.py); "
+        "their results are marked 'unknown concept'",
+    )
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     p.add_argument("--work-dir", help="where uploads are unpacked and downloads written (default: a temp folder)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -73,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
 
     plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
     predictor = Predictor.from_plan(plan)
-    service = AppService(predictor, work_dir=args.work_dir)
+    service = AppService(predictor, work_dir=args.work_dir, allow_unknown=args.allow_unknown)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.

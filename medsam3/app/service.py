@@ -229,6 +229,8 @@ class ImageResult:
     prompt_seconds: float  # model passes for new prompts plus post-processing
     new_prompts: int
 
+    warnings: list[str] = field(default_factory=list)
+
     def timing(self) -> str:
         embed = (
             "image embedding cached" if self.embed_seconds is None else f"image embedding {self.embed_seconds:.2f} s"
@@ -247,6 +249,7 @@ class VolumeResult:
     threshold: float
     nms_iou: float
     prompts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class AppService:
@@ -262,8 +265,10 @@ class AppService:
         work_dir: str | Path | None = None,
         image_cache_size: int = 4,
         output_cache_size: int = 16,
+        allow_unknown: bool = False,
     ):
         self.predictor = predictor
+        self.allow_unknown = allow_unknown
         self.adapter = getattr(predictor, "adapter_origin", None)
         plan = getattr(predictor, "plan", None)
         self.default_threshold = plan.threshold if plan is not None else 0.5
@@ -325,6 +330,11 @@ class AppService:
         return Path(os.path.commonpath([f.parent for f in files]))
 
     # -- 2D ----------------------------------------------------------------------------------------
+    def check_prompts(self, prompts: list[str]) -> list[str]:
+        """The CLI's rule: prompts outside the model's concepts are refused unless the app allows them."""
+        plan = getattr(self.predictor, "plan", None)
+        return plan.check_prompts(prompts, self.allow_unknown) if plan is not None else []
+
     def segment_image(
         self, upload: Upload, prompts: list[str], boxes: list[Box], threshold: float, nms_iou: float
     ) -> ImageResult:
@@ -335,6 +345,7 @@ class AppService:
         """
         if upload.kind != "image":
             raise ValueError("segment_image takes a 2D image; volumes go through segment_volume")
+        warnings = self.check_prompts(prompts)
         with self._lock:
             t0 = time.perf_counter()
             entry = self._embeddings.get(upload.key)
@@ -366,7 +377,9 @@ class AppService:
             seconds,
             "cached" if embed_seconds is None else f"{embed_seconds:.2f} s",
         )
-        return ImageResult(prompts, list(boxes), threshold, nms_iou, results, embed_seconds, seconds, len(missing))
+        return ImageResult(
+            prompts, list(boxes), threshold, nms_iou, results, embed_seconds, seconds, len(missing), warnings
+        )
 
     def refilter(self, upload: Upload, previous: ImageResult, threshold: float, nms_iou: float) -> ImageResult:
         """``previous`` with a new threshold and NMS IoU, from the cached raw outputs (no model pass)."""
@@ -377,7 +390,9 @@ class AppService:
                 raise UserError("these results left the cache (other images were run since); press Run again")
             results = self._filter(upload, previous.prompts, boxes_key, threshold, nms_iou)
             seconds = time.perf_counter() - t0
-        return ImageResult(previous.prompts, previous.boxes, threshold, nms_iou, results, None, seconds, 0)
+        return ImageResult(
+            previous.prompts, previous.boxes, threshold, nms_iou, results, None, seconds, 0, previous.warnings
+        )
 
     def _filter(self, upload, prompts, boxes_key, threshold, nms_iou) -> list[Detections]:
         size = upload.loaded.image.rgb.shape[:2]
@@ -439,6 +454,7 @@ class AppService:
         ``infer_sam.py`` writes for a volume (``labels.nii.gz``, ``legend.json``, ``montage.png``)."""
         if upload.kind != "volume":
             raise ValueError("segment_volume takes a volume; 2D images go through segment_image")
+        warnings = self.check_prompts(prompts)
         box_list, box_labels = _box_options(boxes)
         volume = upload.loaded.volume
         with self._lock:
@@ -471,7 +487,7 @@ class AppService:
         files = [out_dir / legend["files"]["label_map"], out_dir / "legend.json"]
         files += [out_dir / legend["files"][k] for k in ("image", "montage") if k in legend["files"]]
         logger.info("%s: %d slice(s) x %d prompt(s) in %.1f s", upload.name, upload.n_slices, len(prompts), seconds)
-        return VolumeResult(seg, legend, files, seconds, threshold, nms_iou, prompts)
+        return VolumeResult(seg, legend, files, seconds, threshold, nms_iou, prompts, warnings)
 
     @staticmethod
     def volume_rows(result: VolumeResult) -> list[list]:

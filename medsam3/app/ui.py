@@ -14,7 +14,6 @@ import gradio as gr
 
 from ..adapters.concepts import DEMO_DIR
 from ..errors import UserError
-from ..io import ImageReadError
 from .service import (
     WINDOW_CHOICES,
     AppService,
@@ -31,7 +30,7 @@ __all__ = ["PageHandlers", "build_ui", "example_files"]
 
 logger = logging.getLogger(__name__)
 
-USER_ERRORS = (ValueError, FileNotFoundError, ImageReadError)
+USER_ERRORS = (UserError,)  # only "fix your input" is shown as such; anything else is a bug and propagates
 DETECTION_HEADERS = ["prompt", "#", "score", "area (px)", "area (mm²)"]
 VOLUME_HEADERS = ["prompt", "label", "detections", "slices", "voxels", "volume (ml)"]
 INTRO = """# MedSAM3: text-prompted segmentation
@@ -128,7 +127,13 @@ class PageHandlers:
         files = self.service.write_image_outputs(upload, result)
         found = sum(len(d) for d in result.results)
         table = gr.update(value=self.service.detection_rows(upload, result), headers=DETECTION_HEADERS)
-        return result, str(files[0]), table, [str(f) for f in files], f"{found} detection(s). {status}"
+        return (
+            result,
+            str(files[0]),
+            table,
+            [str(f) for f in files],
+            _warned(result.warnings, f"{found} detection(s). {status}"),
+        )
 
     def run(self, upload, prompts_text, boxes_text, threshold, nms_iou, slice_index):
         if upload is None:
@@ -146,7 +151,7 @@ class PageHandlers:
         table = gr.update(value=self.service.volume_rows(result), headers=VOLUME_HEADERS)
         overlay = self.service.volume_overlay(upload, result, int(slice_index or 0))
         status = f"{len(prompts)} prompt(s) on {upload.n_slices} slices in {result.seconds:.2f} s"
-        return result, overlay, table, [str(f) for f in result.files], status
+        return result, overlay, table, [str(f) for f in result.files], _warned(result.warnings, status)
 
     def refilter(self, upload, result, threshold, nms_iou):
         if upload is None or result is None:
@@ -167,6 +172,11 @@ class PageHandlers:
         if isinstance(result, VolumeResult):
             return picture, self.service.volume_overlay(upload, result, int(slice_index))
         return picture, gr.skip()
+
+
+def _warned(warnings: list[str], status: str) -> str:
+    """The status line with the run's warnings (unknown concepts) in front, as the CLI logs them."""
+    return "".join(f"**Warning:** {w}\n\n" for w in warnings) + status
 
 
 def build_ui(service: AppService) -> gr.Blocks:

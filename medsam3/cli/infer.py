@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..adapters.concepts import prompt_warnings
 from ..adapters.plan import plan_run
 from ..config import load_config
 from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
@@ -71,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="TEXT",
         help='one or more text prompts, e.g. "liver" "liver tumor"',
+    )
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="run prompts outside the concepts the model records (refused by default: a closed-vocabulary model "
+        "answers them with its nearest concept); their results are marked 'unknown concept' in every output",
     )
     p.add_argument(
         "--list-concepts",
@@ -312,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     # The one place where model, adapter, threshold, concepts, device and hub state are decided.
     plan = plan_run(cfg, args.weights, threshold=args.threshold, device=args.device, precision=args.precision)
     logger.debug("run plan: %s", plan.describe())
-    for message in prompt_warnings(prompts, plan.concepts):
+    for message in plan.check_prompts(prompts, allow_unknown=args.allow_unknown):  # unknown: refused unless allowed
         logger.warning("%s", message)
     if args.video or args.propagate or (args.image and _is_video(args.image)):
         from .track import run_tracking  # video / propagation: SAM3's video model

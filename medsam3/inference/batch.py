@@ -194,7 +194,8 @@ def write_volume_outputs(
             )
             for k in ks
         ]
-        save_png(label_montage(tiles, [f"slice {k}" for k in ks], seg.prompts), out_dir / "montage.png")
+        names = [f"{p} (unknown concept)" if p in seg.unknown_prompts else p for p in seg.prompts]
+        save_png(label_montage(tiles, [f"slice {k}" for k in ks], names), out_dir / "montage.png")
         written["montage"] = "montage.png"
     seconds = seg.seconds if seconds is None else seconds
     entries = seg.legend()  # counts voxels over the whole volume: once
@@ -264,6 +265,12 @@ def process_volume(predictor, loaded: LoadedInput, out_dir: Path, opts: Inferenc
             e["prompt_mask_volume_ml"],
             e["slices_with_detections"],
         )
+        for other, voxels in e["voxels_lost_to"].items():
+            logger.info("      %d voxel(s) of %r went to %r (higher score there)", voxels, e["prompt"], other)
+        if e["unknown_concept"]:
+            logger.warning(
+                "      %r is not a concept this model was trained on: label %d is unreliable", e["prompt"], e["value"]
+            )
     return legend
 
 

@@ -8,13 +8,20 @@ time per prompt (DESIGN.md, "Facts measured on the landed code").
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
 from ..outputs.detections import Detections
 
-__all__ = ["Detections", "detection_scores", "postprocess_query_outputs", "upsample_mask_logits"]
+__all__ = [
+    "Detections",
+    "detection_scores",
+    "distinct_masks",
+    "postprocess_query_outputs",
+    "upsample_mask_logits",
+]
 
 # Upsampled logits are materialised this many elements at a time (fp32: 256 MiB), so 200 kept
 # masks of a 2048 px image do not need gigabytes at once.
@@ -57,6 +64,24 @@ def upsample_mask_logits(mask_logits: torch.Tensor, size: tuple[int, int]) -> to
     return out
 
 
+def distinct_masks(masks: torch.Tensor, nms_iou: float | None) -> torch.Tensor:
+    """Indices of ``masks`` (N, h, w) bool, best first, that are not empty and not duplicates.
+
+    A mask overlapping an earlier (better-scored) kept one with IoU above ``nms_iou`` is a duplicate
+    (mask NMS at the same IoU as the box NMS). Run at the mask decoder's resolution, before upsampling.
+    """
+    flat = masks.flatten(1).float()
+    area = flat.sum(dim=1)
+    if nms_iou is None or nms_iou >= 1.0 or len(masks) < 2:
+        return torch.nonzero(area > 0).flatten()
+    inter = flat @ flat.T
+    overlapping = (inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0) > nms_iou).cpu().numpy()
+    kept = np.zeros(len(masks), dtype=bool)
+    for i, nonempty in enumerate((area > 0).cpu().numpy()):
+        kept[i] = nonempty and not overlapping[i, kept].any()
+    return torch.from_numpy(np.flatnonzero(kept)).to(masks.device)
+
+
 def postprocess_query_outputs(
     prompt: str,
     scores: torch.Tensor,
@@ -68,7 +93,8 @@ def postprocess_query_outputs(
 ) -> Detections:
     """Detections of one prompt: ``scores`` (Q,), ``boxes`` (Q, 4) normalised xyxy, masks (Q, h, w) logits.
 
-    Threshold and NMS first, on the small tensors; only the kept masks are upsampled.
+    Threshold and NMS first, on the small tensors; only the kept masks are upsampled. NMS runs on the
+    boxes, then on the masks (:func:`distinct_masks`): box NMS alone keeps loose boxes around one mask.
     """
     height, width = image_size
     keep = torch.nonzero(scores > threshold).flatten()
@@ -82,7 +108,11 @@ def postprocess_query_outputs(
     else:
         order = torch.argsort(kept_scores, descending=True, stable=True)
     keep, boxes, kept_scores = keep[order], boxes[order], kept_scores[order]
+    distinct = distinct_masks(mask_logits[keep] > 0, nms_iou)
+    keep, boxes, kept_scores = keep[distinct], boxes[distinct], kept_scores[distinct]
     masks = upsample_mask_logits(mask_logits[keep], (height, width))
+    shown = masks.flatten(1).any(dim=1)  # a mask can vanish when upsampled: a detection of nothing is no detection
+    boxes, kept_scores, masks = boxes[shown], kept_scores[shown], masks[shown]
     return Detections(
         prompt=prompt,
         boxes=boxes.cpu().numpy().reshape(-1, 4),

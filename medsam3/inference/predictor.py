@@ -397,9 +397,13 @@ class Predictor:
         Each row is thresholded and NMS'd before its surviving masks are upsampled
         (:func:`.postprocess.postprocess_query_outputs`).
         """
-        return [
-            raw.detections(sizes[raw.image_index], threshold, nms_iou) for raw in self.raw_outputs(vision, sizes, rows)
-        ]
+        unknown = set(self.plan.unknown_prompts([r[1] for r in rows])) if self.plan is not None else set()
+        results = []
+        for raw in self.raw_outputs(vision, sizes, rows):
+            det = raw.detections(sizes[raw.image_index], threshold, nms_iou)
+            det.unknown_concept = raw.prompt in unknown
+            results.append(det)
+        return results
 
     @staticmethod
     def _check_prompts(prompts: str | Sequence[str]) -> list[str]:

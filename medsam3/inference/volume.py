@@ -93,6 +93,8 @@ class VolumeSegmentation:
     voxel_ml: float
     seconds: float
     settings: dict = field(default_factory=dict)
+    unknown_prompts: list[str] = field(default_factory=list)
+    """Prompts outside the model's recorded concepts, run with ``--allow-unknown``; marked in the legend."""
 
     def label_voxels(self) -> list[int]:
         """Per prompt, the voxels of its value in the label map (overlaps resolved)."""
@@ -103,10 +105,18 @@ class VolumeSegmentation:
         """Voxels of the prompt's own mask, before overlaps with other prompts are resolved."""
         return int(np.count_nonzero(self.masks[index]))
 
+    def voxels_lost_to(self, index: int) -> dict[str, int]:
+        """Voxels of the prompt's own mask that the label map gives to another prompt (higher score there)."""
+        values, counts = np.unique(self.labels[self.masks[index]], return_counts=True)
+        return {
+            self.prompts[int(v) - 1]: int(c) for v, c in zip(values, counts) if v != 0 and int(v) != index + 1 and c
+        }
+
     def legend(self) -> list[dict]:
         """One entry per label value: what the label map holds for it (``voxels``, ``volume_ml``),
         the prompt's own mask before overlaps (``prompt_mask_voxels``, ``prompt_mask_volume_ml``),
-        detections."""
+        detections, whether the prompt is an unknown concept, and the voxels of its own mask that the
+        label map gives to other prompts (``voxels_lost_to``: where masks overlap, the higher score wins)."""
         in_labels = self.label_voxels()
         return [
             {
@@ -119,6 +129,8 @@ class VolumeSegmentation:
                 "detections": self.detections[i],
                 "slices_with_detections": self.slices_with_detections[i],
                 "max_score": round(self.max_scores[i], 6),
+                "unknown_concept": p in self.unknown_prompts,
+                "voxels_lost_to": self.voxels_lost_to(i),
             }
             for i, p in enumerate(self.prompts)
         ]
@@ -263,6 +275,7 @@ def segment_volume(
             "largest_component": largest_component,
             "fill_holes": fill_holes,
         },
+        unknown_prompts=predictor.plan.unknown_prompts(prompts) if getattr(predictor, "plan", None) else [],
     )
 
 

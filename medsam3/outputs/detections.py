@@ -24,6 +24,13 @@ class Detections:
     boxes: np.ndarray  # (N, 4) float32
     scores: np.ndarray  # (N,) float32
     masks: np.ndarray  # (N, H, W) bool
+    unknown_concept: bool = False
+    """The prompt is outside the concepts the model records (run anyway with ``--allow-unknown``)."""
+
+    @property
+    def label(self) -> str:
+        """The prompt as shown to people: an unknown concept says so."""
+        return f"{self.prompt} (unknown concept)" if self.unknown_concept else self.prompt
 
     def __len__(self) -> int:
         return len(self.scores)

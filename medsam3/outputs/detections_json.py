@@ -42,6 +42,7 @@ def results_to_json(results: Sequence[Detections], image: str, image_size: tuple
         "prompts": [
             {
                 "prompt": det.prompt,
+                "unknown_concept": det.unknown_concept,
                 "num_detections": len(det),
                 "detections": [
                     {"score": float(s), "box_xyxy": [float(v) for v in b], "mask": encode_rle(m)}

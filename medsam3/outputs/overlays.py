@@ -133,14 +133,14 @@ def overlay_detections(
         for k, det in enumerate(results):
             for box, score in zip(det.boxes, det.scores):
                 corner = (float(box[0]) * factor, float(box[1]) * factor)
-                text = f"{det.prompt} {score:.2f}"
+                text = f"{det.prompt}{'?' if det.unknown_concept else ''} {score:.2f}"
                 _box_label(draw, corner, text, PALETTE[k % len(PALETTE)], font, size, pad, width, height, placed)
     y = height + pad
     for k, det in enumerate(results):  # the legend, below the picture
         color = PALETTE[k % len(PALETTE)]
         draw.rectangle((2 * pad, y + pad, 2 * pad + size, y + pad + size), fill=color)
         best = f", best {det.scores.max():.2f}" if len(det) else ""
-        draw.text((4 * pad + size, y + pad), f"{det.prompt}: {len(det)} found{best}", fill=(255, 255, 255), font=font)
+        draw.text((4 * pad + size, y + pad), f"{det.label}: {len(det)} found{best}", fill=(255, 255, 255), font=font)
         y += row
     return out
 

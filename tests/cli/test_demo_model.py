@@ -84,9 +84,11 @@ def test_list_concepts_and_unknown_prompt_warning(tmp_path, capsys, caplog):
     listed = capsys.readouterr().out
     for concept in ("liver", "left kidney", "brain"):
         assert f"  {concept}\n" in listed
-    with caplog.at_level(logging.WARNING):
-        argv = ["--weights", "demo", "--image", str(EXAMPLES / "ct_dicom_slice.dcm"), "--prompt", "livr"]
-        assert main([*argv, "--output", str(tmp_path / "o.png"), "-q"]) == 0
+    argv = ["--weights", "demo", "--image", str(EXAMPLES / "ct_dicom_slice.dcm"), "--prompt", "livr"]
+    assert main([*argv, "--output", str(tmp_path / "o.png"), "-q"]) == 2  # refused: the model does not know it
+    assert "'livr' is not a concept this model was trained on (closest: 'liver'" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):  # allowed: run, with the same warning
+        assert main([*argv, "--allow-unknown", "--output", str(tmp_path / "o.png"), "-q"]) == 0
     assert "'livr' is not a concept this model was trained on (closest: 'liver'" in caplog.text
 
 
@@ -96,5 +98,5 @@ def test_prompt_warnings_rules():
     (msg,) = prompt_warnings(["kidney left"], known)
     assert "closest:" in msg and "'left kidney'" in msg
     (msg,) = prompt_warnings(["xyzzy"], known)
-    assert "see --list-concepts" in msg
+    assert "known concepts: 'left kidney', 'liver', 'right kidney'" in msg
     assert prompt_warnings(["anything"], {}) == []  # nothing recorded: no warning

@@ -1,0 +1,71 @@
+"""A closed-vocabulary model does not silently relabel organs: unknown prompts are refused or marked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medsam3.adapters.plan import UnknownConceptError, plan_run
+from medsam3.cli.infer import main as infer_main
+from medsam3.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SLAB = REPO / "medsam3" / "demo" / "examples" / "ct_abdomen_slab.nii.gz"
+SLICE = REPO / "medsam3" / "demo" / "examples" / "ct_dicom_slice.dcm"
+
+
+def test_unknown_prompt_is_refused_in_one_line_naming_close_concepts():
+    proc = subprocess.run(
+        [sys.executable, "infer_sam.py", "--weights", "demo", "--image", str(SLAB), "--prompt", "kidney"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("infer_sam.py: error: prompt 'kidney' is not a concept this model was trained on")
+    assert "'left kidney'" in line and "'right kidney'" in line and "--allow-unknown" in line
+
+
+def test_open_vocabulary_weights_run_any_prompt(tiny_config):
+    plan = plan_run(load_config(tiny_config), "none", check_hub=False)
+    assert plan.check_prompts(["pancreas"]) == []  # plain SAM3 records no concepts: nothing is unknown
+    demo = plan_run(load_config(None), "demo", check_hub=False)
+    with pytest.raises(UnknownConceptError, match="known concepts: 'aorta', 'brain', 'left kidney'"):
+        demo.check_prompts(["liver", "pancreas"])
+    assert demo.check_prompts(["Liver"]) == []  # case does not make a concept unknown
+
+
+def _legend(out_dir: Path) -> dict:
+    return {e["prompt"]: e for e in json.loads((out_dir / "legend.json").read_text())["labels"][1:]}
+
+
+def test_allowed_unknown_prompt_is_marked_and_its_overlap_with_liver_is_counted(tmp_path):
+    base = ["--weights", "demo", "--image", str(SLAB), "--montage", "0", "-q"]
+    assert infer_main([*base, "--prompt", "liver", "--output-dir", str(tmp_path / "alone")]) == 0
+    assert (
+        infer_main([*base, "--prompt", "liver", "pancreas", "--allow-unknown", "--output-dir", str(tmp_path / "both")])
+        == 0
+    )
+    alone, both = _legend(tmp_path / "alone"), _legend(tmp_path / "both")
+    assert both["pancreas"]["unknown_concept"] is True and both["liver"]["unknown_concept"] is False
+    liver = both["liver"]
+    # The liver's own mask does not depend on other prompts; the label map's share of it is what is
+    # left after the voxels the legend says went to "pancreas".
+    assert liver["prompt_mask_voxels"] == alone["liver"]["voxels"] == alone["liver"]["prompt_mask_voxels"]
+    assert liver["voxels"] + sum(liver["voxels_lost_to"].values()) == liver["prompt_mask_voxels"]
+    assert set(liver["voxels_lost_to"]) <= {"pancreas"}
+
+
+def test_allowed_unknown_prompt_is_marked_in_the_2d_json(tmp_path):
+    out = tmp_path / "det.json"
+    args = ["--weights", "demo", "--image", str(SLICE), "--prompt", "liver", "liver tumor", "--allow-unknown"]
+    assert infer_main([*args, "--json", str(out), "--output", str(tmp_path / "o.png"), "-q"]) == 0
+    marks = {p["prompt"]: p["unknown_concept"] for p in json.loads(out.read_text())["prompts"]}
+    assert marks == {"liver": False, "liver tumor": True}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AugmentationConfig",
@@ -377,6 +380,8 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    if path is not None and raw is None:
+        logger.warning("%s is empty: using the built-in defaults for every key", origin)
     raw = _check_top_level(raw, origin)  # before the overrides, which must not paper over a bad file
     if overrides:
         origin += " (with --set overrides)"

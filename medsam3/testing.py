@@ -7,6 +7,7 @@ checkpoint (``model.name: <dir>``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -207,10 +208,54 @@ def _demo_image(path: Path) -> Path:
     return path
 
 
-if __name__ == "__main__":
-    import sys
+def _demo_frames(folder: Path, n_frames: int = 8) -> Path:
+    """A synthetic 'cine': the organ-like ellipse drifting right, one PNG per frame."""
+    import numpy as np
+    from PIL import Image
 
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny_sam3")
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:128, :160]
+    for t in range(n_frames):
+        img = np.full((128, 160), 60, np.uint8)
+        img[((yy - 64) / 30) ** 2 + ((xx - 60 - 6 * t) / 40) ** 2 < 1] = 160
+        Image.fromarray(img).save(folder / f"frame_{t:03d}.png")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medsam3.testing [DIR] [--video]``: a tiny random SAM3 to try the commands offline."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m medsam3.testing",
+        description="Write a tiny random SAM3 checkpoint (+ a synthetic scan) to try medsam3's commands offline. "
+        "Random weights: the masks mean nothing; use --weights demo for a trained model.",
+    )
+    parser.add_argument("dir", nargs="?", default="tiny_sam3", help="output folder (default tiny_sam3)")
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help="a tiny SAM3 *video* model (detector + tracker) and a folder of synthetic frames, for --video",
+    )
+    args = parser.parse_args(argv)
+    target = Path(args.dir)
+    if args.video:
+        build_tiny_video_checkpoint(target)
+        frames = _demo_frames(target / "frames")
+        sys.stdout.write(
+            f"tiny random SAM3 video checkpoint and {frames}/ written; try:\n"
+            f"  python infer_sam.py --set model.name={target} --weights none --video {frames} --prompt liver "
+            f"--output-dir {target}/tracked\n"
+        )
+        return 0
     build_tiny_checkpoint(target)
     _demo_image(target / "demo.png")
-    sys.stdout.write(f"tiny random SAM3 checkpoint and demo.png written to {target}\n")
+    sys.stdout.write(
+        f"tiny random SAM3 checkpoint and demo.png written to {target}; try:\n"
+        f"  python infer_sam.py --set model.name={target} --weights none --image {target}/demo.png --prompt liver\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,10 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-from medsam3.adapters.peft_format import AdapterError
-from medsam3.config import ConfigError, load_config
-from medsam3.console import add_set_flag, setup_logging
-from medsam3.model import ModelLoadError
+from medsam3.config import load_config
+from medsam3.console import add_set_flag, run_command, setup_logging
+from medsam3.errors import UserError
+
+PROG = "convert_medsam3_lora.py"
 
 
 def main(argv=None) -> int:
@@ -29,29 +30,28 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    return run_command(PROG, lambda: convert(args), args.verbose)
+
+
+def convert(args: argparse.Namespace) -> int:
+    """torch, transformers and PEFT load here, after the arguments parsed (``--help`` stays fast)."""
     log = logging.getLogger("medsam3.convert")
-    try:
-        cfg = load_config(args.config, args.set)
-        src, dst = Path(args.src), Path(args.dst)
-        if args.merge:
-            from medsam3.adapters.merge import merge_adapter
+    cfg = load_config(args.config, args.set)
+    src, dst = Path(args.src), Path(args.dst)
+    if args.merge:
+        from medsam3.adapters.merge import merge_adapter
 
-            out = merge_adapter(cfg, args.src, dst)
-        elif src.suffix == ".pt":
-            from medsam3.adapters.upstream import convert_upstream_file
+        out = merge_adapter(cfg, args.src, dst)
+    elif src.suffix == ".pt":
+        from medsam3.adapters.upstream import convert_upstream_file
 
-            out = convert_upstream_file(
-                src, dst, alpha=cfg.lora.alpha, base_model=cfg.model.name, concepts=args.concepts
-            )
-        elif src.is_dir() and dst.suffix == ".pt":
-            from medsam3.adapters.upstream import export_upstream_file
+        out = convert_upstream_file(src, dst, alpha=cfg.lora.alpha, base_model=cfg.model.name, concepts=args.concepts)
+    elif src.is_dir() and dst.suffix == ".pt":
+        from medsam3.adapters.upstream import export_upstream_file
 
-            out = export_upstream_file(src, dst)
-        else:
-            p.error("give IN.pt OUT_DIR, IN_DIR OUT.pt, or --merge")
-    except (AdapterError, ConfigError, ModelLoadError, ValueError, OSError) as exc:
-        sys.stderr.write(f"convert_medsam3_lora.py: error: {exc}\n")
-        return 2
+        out = export_upstream_file(src, dst)
+    else:
+        raise UserError("give IN.pt OUT_DIR, IN_DIR OUT.pt, or --merge")
     log.info("wrote %s", out)
     return 0
 

@@ -70,5 +70,7 @@ def load_model(
         adapter = read_adapter(source, cache_dir=cfg.model.cache_dir, local_files_only=local_only)
     model, processor = (base_loader or load_base_model)(cfg.model, local_files_only=local_only)
     if adapter is None:
-        return model, processor, f"full model {full_model} (adapter merged in)" if full_model else "none (plain SAM3)"
+        if full_model:
+            return model, processor, f"full model {full_model} (adapter merged in)"
+        return model, processor, f"none (the base model {cfg.model.name} alone)"
     return apply_adapter(model, cfg.lora, adapter).eval(), processor, adapter.origin

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
+from ..errors import UserError
 from .concepts import prompt_warnings
 from .errors import AdapterError
 from .hub import prepare_hub
@@ -173,6 +175,19 @@ class RunPlan:
         )
 
 
+def _check_device(device: str) -> None:
+    """A CUDA device on a machine without an NVIDIA driver is refused now, before torch loads (seconds).
+
+    Where the driver is there, torch decides later (a CPU-only torch build, a missing index).
+    """
+    if not sys.platform.startswith("linux"):  # the driver check below is Linux's; elsewhere torch decides
+        return
+    if str(device).strip().lower().startswith("cuda") and not (
+        Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+    ):
+        raise UserError(f"--device {device}: no NVIDIA GPU or driver on this machine; use --device cpu (or auto)")
+
+
 def _metadata_dirs(sources: Sources) -> list[Path]:
     """Folders whose metadata describe what is loaded, base first (so the adapter's record wins)."""
     dirs = []
@@ -221,6 +236,8 @@ def plan_run(
         chosen, origin = recorded_threshold, recorded_from
     else:
         chosen, origin = DEFAULT_THRESHOLD, "default"
+    device = device or sources.cfg.hardware.device
+    _check_device(device)
     hub_offline = prepare_hub(sources.cfg, sources.adapter) if check_hub else True
     plan = RunPlan(
         sources=sources,
@@ -228,7 +245,7 @@ def plan_run(
         threshold_source=origin,
         concept_thresholds=per_concept,
         concepts=concepts,
-        device=device or sources.cfg.hardware.device,
+        device=device,
         precision=precision or sources.cfg.hardware.precision,
         hub_offline=hub_offline,
     )

@@ -80,7 +80,13 @@ def resolve_sources(cfg: Config, weights: str | None = None) -> Sources:
         cfg, source = demo_config(cfg)
     if source is not None and str(source).lower() == "none":
         return Sources(cfg, "none")
+    _check_local_base(cfg)
     auto = source is None
+    if not auto and _looks_local(str(source)) and not Path(str(source)).expanduser().exists():
+        raise AdapterError(
+            f"--weights / model.lora_weights {source}: no such file or folder (a local path, so the hub is not asked); "
+            f"check the path, or give a hub id owner/repo, or --weights none for plain SAM3"
+        )
     path = Path(str(find_trained_adapter(cfg.output.output_dir) if auto else source)).expanduser()
     if is_full_model_dir(path):
         return Sources(_with_base(cfg, path), "none", path, f"full model {path}: loaded as the base, no adapter")
@@ -99,6 +105,21 @@ def resolve_sources(cfg: Config, weights: str | None = None) -> Sources:
             cfg.model.name,
         )
     return Sources(cfg, str(path) if auto else str(source), None, f"auto-detected adapter {path}" if auto else None)
+
+
+def _looks_local(source: str) -> bool:
+    """A path, not a hub id: starts like one, or names an adapter file (``.pt``, ``.safetensors``)."""
+    return source.startswith((".", "/", "~")) or Path(source.split("@")[0]).suffix in (".pt", ".safetensors", ".json")
+
+
+def _check_local_base(cfg: Config) -> None:
+    """A ``model.name`` that is a local path must exist: said now, not after torch has loaded."""
+    name = cfg.model.name
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise AdapterError(
+            f"model.name={name}: no such model folder (a local path, so the hub is not asked); point it at a "
+            f"folder with config.json and model.safetensors, or at a hub id such as facebook/sam3"
+        )
 
 
 def _with_base(cfg: Config, model_dir: Path) -> Config:

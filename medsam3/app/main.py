@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 
 from ..config import load_config
 from ..console import add_set_flag, run_command, setup_logging
@@ -62,10 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(PROG, lambda: serve(args), args.verbose)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:  # any free port
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program (another medsam3-app?) "
+                f"uses it; pick another with --port, e.g. --port {port + 1}"
+            ) from exc
+
+
 def serve(args: argparse.Namespace) -> int:
     """Check the flags, load the model the run plan names, and serve the app until stopped."""
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
+    _check_port_free(args.host, args.port)  # before the model loads: a busy port is said in a second
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinic's machine
     try:
         import gradio  # noqa: F401
@@ -84,12 +99,15 @@ def serve(args: argparse.Namespace) -> int:
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.
     demo.queue(default_concurrency_limit=1)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        show_error=True,
-        allowed_paths=[str(service.work_dir)],
-        footer_links=[],
-    )
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            show_error=True,
+            allowed_paths=[str(service.work_dir)],
+            footer_links=[],
+        )
+    finally:
+        service.close()  # the temporary folder it made (not a --work-dir the user gave)
     return 0

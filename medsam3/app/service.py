@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -273,6 +274,7 @@ class AppService:
         plan = getattr(predictor, "plan", None)
         self.default_threshold = plan.threshold if plan is not None else 0.5
         """Where the threshold slider starts: the run plan's (the same as infer_sam.py's and medsam3-evaluate's)."""
+        self._own_work_dir = not work_dir
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="medsam3_app_"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -330,6 +332,12 @@ class AppService:
         return Path(os.path.commonpath([f.parent for f in files]))
 
     # -- 2D ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove the temporary work folder this service made (uploads, downloads); a given ``work_dir`` stays."""
+        if self._own_work_dir and self.work_dir.exists():
+            shutil.rmtree(self.work_dir)
+            logger.info("removed %s", self.work_dir)
+
     def check_prompts(self, prompts: list[str]) -> list[str]:
         """The CLI's rule: prompts outside the model's concepts are refused unless the app allows them."""
         plan = getattr(self.predictor, "plan", None)

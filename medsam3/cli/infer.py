@@ -252,6 +252,14 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
                 raise UserError(f"{flag} {x1:g} {y1:g} {x2:g} {y2:g}: coordinates are pixels, >= 0")
     if args.image and not (args.video or _is_video(args.image)):
         detect_format(args.image)  # a .md or a corrupt name fails here, before torch loads
+        if Path(args.image).is_dir():
+            from ..inference.inputs import looks_like_dicom_folder
+
+            if not looks_like_dicom_folder(Path(args.image)):
+                raise UserError(
+                    f"--image {args.image}: a folder is read as one DICOM series, and it holds no DICOM files; "
+                    f"for a folder of images use --input-dir {args.image} --output-dir OUT"
+                )
     boxes = [*(args.box or []), *(args.neg_box or [])]
     labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
     return prompts, boxes, labels
@@ -323,16 +331,27 @@ def run(args: argparse.Namespace) -> int:
         from .track import run_tracking  # video / propagation: SAM3's video model
 
         return run_tracking(plan, args, prompts, boxes, labels, window=_window(args.window))
-    # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
-    from ..inference.batch import process_image, process_volume, run_batch
-    from ..inference.distributed import cleanup, init_distributed
-    from ..inference.inputs import discover_inputs, input_name, load_input
-
-    opts = _options(args, plan, prompts, boxes, labels, args.quiet)
+    from ..inference.inputs import discover_inputs, input_name, load_input  # no torch: inputs are read first
 
     if args.input_dir:
         inputs = discover_inputs(args.input_dir, exclude=args.output_dir)
         logger.info("%d input(s) from %s", len(inputs), args.input_dir)
+    else:
+        image_path = Path(args.image)
+        # Read first (cheap, no torch): a bad input fails before gigabytes of model are loaded.
+        loaded = load_input(image_path, _window(args.window), args.volume_index)
+        if loaded.kind == "volume" and (args.output or args.json or args.masks_dir):
+            raise UserError(
+                "--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
+                "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)"
+            )
+    # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
+    from ..inference.batch import process_image, process_volume, run_batch
+    from ..inference.distributed import cleanup, init_distributed
+    from ..outputs.summary_csv import write_summary
+
+    opts = _options(args, plan, prompts, boxes, labels, args.quiet)
+    if args.input_dir:
         # Under torchrun: one device per rank, inputs split by size, files merged on rank 0.
         dist_info, device = init_distributed(args.device)
         try:
@@ -344,20 +363,12 @@ def run(args: argparse.Namespace) -> int:
             cleanup()
         return report.exit_code
 
-    image_path = Path(args.image)
-    # Read first (cheap): a bad input fails before gigabytes of model are loaded.
-    loaded = load_input(image_path, opts.window, opts.volume_index)
-
     if loaded.kind == "volume":
-        if args.output or args.json or args.masks_dir:
-            raise UserError(
-                "--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
-                "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)"
-            )
         out_dir = Path(args.output_dir) if args.output_dir else image_path.parent / f"{input_name(image_path)}_medsam3"
         predictor = _load_predictor(plan, args, opts)
-        process_volume(predictor, loaded, out_dir, opts)
-        logger.info("outputs -> %s/ (labels.nii.gz, legend.json)", out_dir)
+        legend = process_volume(predictor, loaded, out_dir, opts)
+        write_summary(out_dir / "summary.csv", legend["summary_rows"])
+        logger.info("outputs -> %s/ (labels.nii.gz, legend.json, montage.png, summary.csv)", out_dir)
         return 0
 
     image = loaded.image.rgb

@@ -314,7 +314,11 @@ def load_coco_set(
 
 
 def load_label_prompts(path: str | Path) -> dict[int, str]:
-    """``{"1": "liver", "2": "spleen"}`` from a JSON or YAML file -> {1: "liver", 2: "spleen"}."""
+    """``{"1": "liver", "2": "spleen"}`` from a JSON or YAML file -> {1: "liver", 2: "spleen"}.
+
+    Also a list of names for values 1, 2, ... (plain, or as ``{"labels": [...]}``, the form of the
+    demo's ``examples/labels.json``).
+    """
     p = Path(path).expanduser()
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))  # YAML is a superset of JSON
@@ -322,8 +326,14 @@ def load_label_prompts(path: str | Path) -> dict[int, str]:
         raise EvaluationError(f"cannot read the label-to-prompt mapping {p}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise EvaluationError(f"{p} is not valid JSON/YAML: {exc}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("labels"), list):
+        raw = raw["labels"]
+    if isinstance(raw, list):
+        raw = {i + 1: name for i, name in enumerate(raw)}
     if not isinstance(raw, dict) or not raw:
-        raise EvaluationError(f'{p}: expected a mapping of label values to prompts, e.g. {{"1": "liver"}}')
+        raise EvaluationError(
+            f'{p}: expected a mapping of label values to prompts, e.g. {{"1": "liver"}}, or a list (values 1, 2, ...)'
+        )
     out: dict[int, str] = {}
     for key, value in raw.items():
         try:

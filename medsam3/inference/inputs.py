@@ -39,7 +39,8 @@ class LoadedInput:
         return "volume" if self.volume is not None else "image"
 
 
-def _looks_like_dicom_folder(folder: Path) -> bool:
+def looks_like_dicom_folder(folder: Path) -> bool:
+    """Some of the first files (else of the sub-folders' files) are DICOM: a series, not a folder of images."""
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")][:20]
     if not files:
         files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")][:20]
@@ -52,7 +53,7 @@ def _scan_dir(folder: Path, exclude: Path | None) -> list[Path]:
         if p.name.startswith(".") or (exclude is not None and p.resolve() == exclude):
             continue
         if p.is_dir():
-            if _looks_like_dicom_folder(p):
+            if looks_like_dicom_folder(p):
                 out.append(p)  # a DICOM series
             else:
                 logger.info("skipping folder %s: no DICOM files in it (use a glob for nested images)", p)

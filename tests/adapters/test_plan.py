@@ -110,3 +110,15 @@ def test_bad_metadata_is_refused_not_ignored(tmp_path, tiny_config, metadata, me
 def test_threshold_out_of_range_is_a_user_error(tiny_config):
     with pytest.raises(AdapterError, match="--threshold must be in"):
         plan_run(load_config(tiny_config), "none", threshold=np.float64(1.2), check_hub=False)
+
+
+def test_a_merged_model_keeps_the_adapters_threshold_and_concepts(auto_detected, tmp_path):
+    from medsam3.adapters.merge import merge_adapter
+
+    cfg = load_config(auto_detected)
+    adapter = Path(cfg.output.output_dir) / "best_lora_weights"
+    merged = merge_adapter(cfg, str(adapter), tmp_path / "merged")
+    plan = plan_run(cfg, str(merged), check_hub=False)
+    assert plan.sources.full_model == merged and plan.adapter == "none"
+    assert plan.threshold == pytest.approx(0.37) and plan.vocabulary == ["liver", "spleen"]
+    assert plan.threshold_for("spleen") == pytest.approx(0.61)

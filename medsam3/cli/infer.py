@@ -15,11 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..adapters.plan import plan_run
 from ..config import load_config
 from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from ..errors import InputNotFoundError, UserError
-from ..io.formats import detect_format
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.infer")
@@ -251,6 +249,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
             if min(x1, y1) < 0:
                 raise UserError(f"{flag} {x1:g} {y1:g} {x2:g} {y2:g}: coordinates are pixels, >= 0")
     if args.image and not (args.video or _is_video(args.image)):
+        from ..io.formats import detect_format
+
         detect_format(args.image)  # a .md or a corrupt name fails here, before torch loads
         if Path(args.image).is_dir():
             from ..inference.inputs import looks_like_dicom_folder
@@ -282,7 +282,7 @@ def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, 
         largest_component=args.largest_component,
         fill_holes=args.fill_holes,
         montage_slices=args.montage,
-        progress=not quiet,
+        progress=not quiet and sys.stderr.isatty(),  # bars only for people: no escape codes in log files
     )
 
 
@@ -318,6 +318,8 @@ def _is_video(path: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..adapters.plan import plan_run  # after --help: the hub client takes a second to import
+
     cfg = load_config(args.config, args.set)
     if args.list_concepts:
         return _list_concepts(plan_run(cfg, args.weights, check_hub=False))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -82,10 +83,17 @@ def run_tracking(
             boxes=boxes or None,
             box_labels=labels or None,
             box_frame=args.box_frame,
-            progress=not args.quiet,
+            progress=not args.quiet and sys.stderr.isatty(),
         )
         logger.info("outputs -> %s/ (overlay.mp4, tracks.json, tracks.csv)", out_dir)
     else:
-        run_volume(vp, volume, prompts, out_dir, axis=resolve_axis(volume, args.axis), progress=not args.quiet)
+        run_volume(
+            vp,
+            volume,
+            prompts,
+            out_dir,
+            axis=resolve_axis(volume, args.axis),
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
         logger.info("outputs -> %s/ (labels.nii.gz, legend.json, tracks.json, tracks.csv)", out_dir)
     return 0

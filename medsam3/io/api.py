@@ -163,6 +163,7 @@ def load_volume(
         invert, file_window, file_modality = dv.invert, dv.file_window, dv.modality
     if modality is None and file_modality:
         modality, modality_source = str(file_modality).upper(), "DICOM Modality"
+    _check_finite(p, data)
     is_hu = None
     if modality is None and looks_like_hu(data):
         modality, modality_source, is_hu = "CT", "intensity heuristic (HU-like values)", True
@@ -182,6 +183,26 @@ def load_volume(
         path=p,
         meta=meta,
         header=header,  # type: ignore[arg-type]
+    )
+
+
+def _check_finite(path: Path, data: np.ndarray) -> None:
+    """No finite voxel: nothing to segment (an error). Some NaN/inf: said, since they show as the darkest grey."""
+    if not np.issubdtype(data.dtype, np.floating):
+        return
+    finite = np.isfinite(data)
+    bad = data.size - int(np.count_nonzero(finite))
+    if bad == 0:
+        return
+    if bad == data.size:
+        raise ImageReadError(
+            path, "every voxel is NaN or infinite", "check how the file was written (a failed resampling?)"
+        )
+    logger.warning(
+        "%s: %d voxel(s) (%.2f%%) are NaN or infinite; they are shown as the window's minimum (black)",
+        path,
+        bad,
+        100.0 * bad / data.size,
     )
 
 

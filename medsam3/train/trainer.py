@@ -469,7 +469,9 @@ class Trainer:
         if self.is_main and self.show_progress:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True)
+            progress = tqdm(
+                total=self.total_steps, initial=self.global_step, desc="train", dynamic_ncols=True, disable=None
+            )  # disable=None: no bar (escape codes) when stderr is a log file, not a terminal
         pending: dict[str, float] = {}
         n_pending = 0
         last_saved = last_eval = None

@@ -49,7 +49,7 @@ def test_a_value_error_from_inside_medsam3_is_a_bug_with_a_traceback(monkeypatch
     def broken(*_args, **_kwargs):
         raise ValueError("operands could not be broadcast together")  # what a numpy bug looks like
 
-    monkeypatch.setattr(infer, "plan_run", broken)
+    monkeypatch.setattr("medsam3.adapters.plan.plan_run", broken)
     image = tmp_path / "scan.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n")
     code = infer.main(["--image", str(image), "--prompt", "liver", "--weights", "none"])
@@ -57,3 +57,18 @@ def test_a_value_error_from_inside_medsam3_is_a_bug_with_a_traceback(monkeypatch
     assert code == 1
     assert "Traceback" in err and "operands could not be broadcast together" in err
     assert "this is a bug in medsam3" in err and "infer_sam.py: error:" not in err
+
+
+@pytest.mark.slow
+def test_every_error_path_of_the_startup_benchmark_is_one_line_and_exit_2():
+    """scripts/bench_cli_startup.py checks each path's exit code and single error line on every run."""
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_cli_startup.py", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "unknown concept on the demo" in proc.stdout and "port in use" in proc.stdout

@@ -122,3 +122,27 @@ def test_a_merged_model_keeps_the_adapters_threshold_and_concepts(auto_detected,
     assert plan.sources.full_model == merged and plan.adapter == "none"
     assert plan.threshold == pytest.approx(0.37) and plan.vocabulary == ["liver", "spleen"]
     assert plan.threshold_for("spleen") == pytest.approx(0.61)
+
+
+def test_cli_app_and_evaluate_share_the_demo_threshold(tmp_path):
+    """One rule, three tools: the app's slider, medsam3-evaluate's default and infer_sam.py's threshold agree."""
+    import csv
+
+    from medsam3.app.service import AppService
+    from medsam3.cli.evaluate import main as evaluate_main
+    from medsam3.inference.predictor import Predictor
+
+    plan = plan_run(load_config(None), "demo", device="cpu", check_hub=False)
+    service = AppService(Predictor.from_plan(plan), work_dir=tmp_path / "app")
+    assert service.default_threshold == plan.threshold != DEFAULT_THRESHOLD
+
+    examples = DEMO_SLICE.parent
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        f"image,label\n{examples / 'ct_abdomen_slab.nii.gz'},{examples / 'ct_abdomen_slab_labels.nii.gz'}\n"
+    )
+    args = ["--weights", "demo", "--volumes", str(pairs), "--label-prompts", str(examples / "labels.json")]
+    assert evaluate_main([*args, "--device", "cpu", "--output-dir", str(tmp_path / "eval"), "-q"]) == 0
+    with open(tmp_path / "eval" / "per_case.csv", newline="") as fh:
+        thresholds = {float(row["threshold"]) for row in csv.DictReader(fh)}
+    assert thresholds == {plan.threshold}

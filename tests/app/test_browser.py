@@ -54,16 +54,13 @@ def app_config(tmp_path_factory, tiny_checkpoint) -> Path:
     return write_config(folder / "tiny.yaml", tiny_checkpoint, hardware={"device": "cpu"})
 
 
-@pytest.fixture(scope="module")
-def server(app_config, tmp_path_factory):
-    """``python -m medsam3.app`` on a free port; yields its URL; always stopped afterwards."""
+def _serve(args: list[str], work: Path):
+    """``python -m medsam3.app ARGS`` on a free port; yields its URL; always stopped afterwards."""
     port = _free_port()
-    work = tmp_path_factory.mktemp("app_work")
     log = open(work / "server.log", "w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medsam3.app", "--config", str(app_config), "--weights", "none"]
-        + ["--port", str(port), "--work-dir", str(work / "files")],
+        [sys.executable, "-m", "medsam3.app", *args, "--port", str(port), "--work-dir", str(work / "files")],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -93,6 +90,18 @@ def server(app_config, tmp_path_factory):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(app_config, tmp_path_factory):
+    """The app on the tiny random SAM3 (no adapter)."""
+    yield from _serve(["--config", str(app_config), "--weights", "none"], tmp_path_factory.mktemp("app_work"))
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The app on the shipped demo model: a closed vocabulary and a recorded threshold."""
+    yield from _serve(["--weights", "demo", "--device", "cpu"], tmp_path_factory.mktemp("demo_work"))
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +325,29 @@ def test_readme_screenshot(page, tmp_path):
     if os.environ.get("MEDSAM3_UPDATE_SCREENSHOT") == "1":
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copy(shot, README_SCREENSHOT)
+
+
+def test_demo_app_starts_at_the_recorded_threshold_and_refuses_unknown_concepts(browser, demo_server):
+    from medsam3.adapters.plan import plan_run
+    from medsam3.config import load_config
+
+    recorded = plan_run(load_config(None), "demo", check_hub=False).threshold  # what infer_sam.py and evaluate use
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(demo_server)
+        page.wait_for_selector("#run")
+        assert float(page.input_value("#threshold input[type=number]")) == pytest.approx(recorded)
+        _upload(page, REPO / "medsam3" / "demo" / "examples" / "ct_dicom_slice.dcm")
+        _wait_text(page, "#info", "ct_dicom_slice.dcm")
+        page.fill("#prompts textarea", "liver, pancreas")
+        page.click("#run")
+        message = _wait_text(page, "#status", "Error")
+        assert "'pancreas' is not a concept this model was trained on" in message and "'liver'" in message
+        page.fill("#prompts textarea", "liver")
+        page.click("#run")
+        assert "detection(s)" in _wait_text(page, "#status", "detection(s)")
+        _shot(page, "demo_unknown_concept.png")
+    finally:
+        context.close()

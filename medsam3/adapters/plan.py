@@ -243,7 +243,7 @@ def plan_run(
         sources=sources,
         threshold=chosen,
         threshold_source=origin,
-        concept_thresholds=per_concept,
+        concept_thresholds={} if threshold is not None else per_concept,  # --threshold overrides them all
         concepts=concepts,
         device=device,
         precision=precision or sources.cfg.hardware.precision,

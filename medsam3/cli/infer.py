@@ -271,6 +271,7 @@ def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, 
     return InferenceOptions(
         prompts=prompts,
         threshold=plan.threshold,
+        concept_thresholds=plan.concept_thresholds,
         nms_iou=args.nms_iou,
         window=_window(args.window),
         volume_index=args.volume_index,
@@ -378,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     predictor.set_image(image)
     results = predictor.predict(
-        prompts, boxes=boxes or None, box_labels=labels or None, threshold=plan.threshold, nms_iou=args.nms_iou
+        prompts, boxes=boxes or None, box_labels=labels or None, threshold=opts.model_threshold, nms_iou=args.nms_iou
     )
     logger.info(
         "segmented %s (%dx%d) for %d prompt(s) in %.2f s",
@@ -417,6 +418,7 @@ def _write_single_image(results, image, image_path: Path, predictor, args) -> No
         paths,
         adapter=predictor.adapter_origin,
         threshold=predictor.plan.threshold,
+        concept_thresholds=predictor.plan.concept_thresholds,
         nms_iou=args.nms_iou,
     )
     logger.info("overlay -> %s", output)

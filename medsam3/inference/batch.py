@@ -90,6 +90,13 @@ class InferenceOptions:
     montage_slices: int = 6
     progress: bool = True
     adapter: str | None = None
+    concept_thresholds: dict[str, float] = field(default_factory=dict)
+    """Per-concept thresholds recorded by the weights (empty with ``--threshold``); ``threshold`` for the rest."""
+
+    @property
+    def model_threshold(self) -> float | None:
+        """What the Predictor is given: None lets it apply the per-concept record (the run plan's rule)."""
+        return None if self.concept_thresholds else self.threshold
 
 
 # -- one input ------------------------------------------------------------------------------------
@@ -114,7 +121,7 @@ def segment_image(predictor, image: Image2D, opts: InferenceOptions) -> list[Det
         opts.prompts,
         boxes=opts.boxes,
         box_labels=opts.box_labels,
-        threshold=opts.threshold,
+        threshold=opts.model_threshold,
         nms_iou=opts.nms_iou,
     )
     return results
@@ -138,6 +145,7 @@ def process_image(
         kind="image",
         adapter=opts.adapter,
         threshold=opts.threshold,
+        concept_thresholds=opts.concept_thresholds,
         nms_iou=opts.nms_iou,
         intensity=image.intensity,
     )
@@ -243,7 +251,7 @@ def process_volume(predictor, loaded: LoadedInput, out_dir: Path, opts: Inferenc
         opts.prompts,
         axis=opts.axis,
         slice_batch=opts.slice_batch,
-        threshold=opts.threshold,
+        threshold=opts.model_threshold,
         nms_iou=opts.nms_iou,
         boxes=opts.boxes,
         box_labels=opts.box_labels,

@@ -240,11 +240,11 @@ class Predictor:
         self._size: tuple[int, int] | None = None
         self.plan: RunPlan | None = None
 
-    def _threshold(self, threshold: float | None) -> float:
-        """``threshold`` if given, else the run plan's (flag > recorded > 0.5), else SAM3's 0.5."""
+    def threshold_for(self, prompt: str, threshold: float | None = None) -> float:
+        """``threshold`` if given, else the run plan's for this prompt (flag > per concept > recorded > 0.5)."""
         if threshold is not None:
             return threshold
-        return self.plan.threshold if self.plan is not None else 0.5
+        return self.plan.threshold_for(prompt) if self.plan is not None else 0.5
 
     @classmethod
     def from_config(
@@ -389,10 +389,12 @@ class Predictor:
         vision: Sam3VisionEncoderOutput,
         sizes: list[tuple[int, int]],
         rows: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]],
-        threshold: float,
+        threshold: float | None,
         nms_iou: float | None,
     ) -> list[Detections]:
         """Detections for (image index, prompt, (boxes, labels)) rows over features from :meth:`encode_images`.
+
+        ``threshold`` None: each prompt's threshold by the run plan (:meth:`threshold_for`).
 
         Each row is thresholded and NMS'd before its surviving masks are upsampled
         (:func:`.postprocess.postprocess_query_outputs`).
@@ -400,7 +402,7 @@ class Predictor:
         unknown = set(self.plan.unknown_prompts([r[1] for r in rows])) if self.plan is not None else set()
         results = []
         for raw in self.raw_outputs(vision, sizes, rows):
-            det = raw.detections(sizes[raw.image_index], threshold, nms_iou)
+            det = raw.detections(sizes[raw.image_index], self.threshold_for(raw.prompt, threshold), nms_iou)
             det.unknown_concept = raw.prompt in unknown
             results.append(det)
         return results
@@ -437,14 +439,14 @@ class Predictor:
 
         ``boxes``: optional exemplar boxes (xyxy, pixels), either one list shared by all prompts
         or one list per prompt; ``box_labels`` 1 (positive, default) or 0 (negative) per box.
-        ``threshold`` None: the run plan's (see :meth:`from_plan`), else 0.5.
+        ``threshold`` None: the run plan's, per concept (see :meth:`threshold_for`), else 0.5.
         """
         if self._vision is None:
             raise RuntimeError("call set_image(image) before predict(...)")
         prompts = self._check_prompts(prompts)
         per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         rows = [(0, p, b) for p, b in zip(prompts, per_prompt_boxes)]
-        return self.predict_rows(self._vision, [self._size], rows, self._threshold(threshold), nms_iou)
+        return self.predict_rows(self._vision, [self._size], rows, threshold, nms_iou)
 
     def predict_images(
         self,
@@ -466,5 +468,5 @@ class Predictor:
         per_prompt_boxes = _normalise_boxes(boxes, box_labels, len(prompts))
         vision, sizes = self.encode_images(images)
         rows = [(i, p, b) for i in range(len(sizes)) for p, b in zip(prompts, per_prompt_boxes)]
-        flat = self.predict_rows(vision, sizes, rows, self._threshold(threshold), nms_iou)
+        flat = self.predict_rows(vision, sizes, rows, threshold, nms_iou)
         return [flat[i * len(prompts) : (i + 1) * len(prompts)] for i in range(len(sizes))]

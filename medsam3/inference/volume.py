@@ -162,7 +162,7 @@ def segment_volume(
     axis: int | str | None = None,
     reorient: bool = True,
     slice_batch: int | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = 0.5,
     nms_iou: float | None = 0.5,
     boxes=None,
     box_labels=None,
@@ -268,7 +268,8 @@ def segment_volume(
         voxel_ml=voxel_ml(volume),
         seconds=seconds,
         settings={
-            "threshold": threshold,
+            "threshold": threshold if threshold is not None else predictor.threshold_for(""),
+            "concept_thresholds": {p: predictor.threshold_for(p) for p in prompts} if threshold is None else {},
             "nms_iou": nms_iou,
             "slice_batch": slice_batch,
             "reorient": reorient,

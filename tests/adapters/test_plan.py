@@ -146,3 +146,45 @@ def test_cli_app_and_evaluate_share_the_demo_threshold(tmp_path):
     with open(tmp_path / "eval" / "per_case.csv", newline="") as fh:
         thresholds = {float(row["threshold"]) for row in csv.DictReader(fh)}
     assert thresholds == {plan.threshold}
+
+
+def _cut(kept: list[tuple[float, str]]) -> float:
+    """A threshold halfway between two scores near the middle that differ clearly (not on a score itself)."""
+    scores = sorted({score for score, _ in kept})
+    middle = len(scores) // 2
+    for i in sorted(range(1, len(scores)), key=lambda i: abs(i - middle)):
+        if scores[i] - scores[i - 1] > 1e-4:
+            return round((scores[i] + scores[i - 1]) / 2, 6)
+    raise AssertionError(f"no clear gap between the scores {scores}")
+
+
+def test_recorded_per_concept_thresholds_are_applied_per_prompt(auto_detected, tmp_path, rgb_image):
+    image = tmp_path / "scan.png"
+    Image.fromarray(rgb_image).save(image)
+
+    def detections(*extra: str) -> tuple[dict, dict]:
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+        args = ["--config", str(auto_detected), "--image", str(image), "--json", str(out), "--nms-iou", "1"]
+        assert infer_main([*args, "-q", *extra]) == 0
+        written = json.loads(out.read_text())
+        # scores to 1e-5: one prompt per pass vs two moves them by ~1e-7
+        kept = {
+            p["prompt"]: [(round(d["score"], 5), d["mask"]["counts"]) for d in p["detections"]]
+            for p in written["prompts"]
+        }
+        return written, kept
+
+    written, everything = detections("--prompt", "liver", "spleen", "--threshold", "0.0")
+    assert written["concept_thresholds"] == {}  # the flag overrides every record
+    # Thresholds inside the random model's score range, so each decides what is kept.
+    liver_t, spleen_t = _cut(everything["liver"]), _cut(everything["spleen"])
+    metadata = Path(load_config(auto_detected).output.output_dir) / "best_lora_weights" / "medsam3_adapter.json"
+    record = {**json.loads(metadata.read_text()), "threshold": liver_t, "concept_thresholds": {"Spleen": spleen_t}}
+    metadata.write_text(json.dumps(record))
+
+    written, planned = detections("--prompt", "liver", "spleen")
+    assert written["threshold"] == pytest.approx(liver_t) and written["concept_thresholds"] == {"spleen": spleen_t}
+    assert planned["liver"] == detections("--prompt", "liver", "--threshold", str(liver_t))[1]["liver"]
+    assert planned["spleen"] == detections("--prompt", "spleen", "--threshold", str(spleen_t))[1]["spleen"]
+    assert 0 < len(planned["spleen"]) < len(everything["spleen"])  # the record cut some, kept some
+    assert 0 < len(planned["liver"]) < len(everything["liver"])

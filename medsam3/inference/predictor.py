@@ -236,7 +236,7 @@ class Predictor:
         Only the vision encoder: it is ~90% of the work and sees one input shape per resolution,
         while the prompt path's batch size varies from call to call. Compiled in place
         (``Module.compile``), so parameter names, adapters and state dicts are unchanged. The first
-        image pays the compilation (tens of seconds on CPU); see the README for measured effects.
+        image pays the compilation (tens of seconds on CPU); see docs/benchmarks.md for measured effects.
         """
         self.model.vision_encoder.compile(dynamic=False)
         logger.info("vision encoder compiled with torch.compile (first image compiles it)")

@@ -4,7 +4,7 @@ Why this module exists: MedSAM3's table is "Dice per concept per modality, text 
 number depends on choices (what counts as ground truth, which box, which threshold, what happens
 with empty masks) that must be the same for every row, written down, and recomputable from files.
 
-Rules (all fixed here, all in the README):
+Rules (all fixed here, all in docs/evaluation.md):
 
 * **Cases.** 2D: one (image, category) pair per category *present* in the image (it has at least one
   annotation with a usable mask); ``include_absent`` also asks for every other category of the set

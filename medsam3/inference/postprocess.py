@@ -3,7 +3,7 @@
 Order matters for speed: scores, thresholding and NMS run on the small per-query tensors first,
 and only the masks that survive are upsampled to the image's size, in one batched call on the
 model's device. Upsampling every query's mask and thresholding it afterwards was ~46% of the
-time per prompt (DESIGN.md, "Facts measured on the landed code").
+time per prompt (docs/architecture.md, "Post-processing").
 """
 
 from __future__ import annotations

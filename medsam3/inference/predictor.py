@@ -6,7 +6,7 @@ cached features (expanded, not copied). Text embeddings are cached per prompt st
 
 Text-only prompts carry one padding box (label -10): transformers then runs the geometry
 encoder, whose learned CLS token Meta's reference always appends. MedSAM3-v1 was trained with
-it; without it logits move by ~0.05 and masks by ~0.8 (DESIGN.md, "Geometry CLS").
+it; without it logits move by ~0.05 and masks by ~0.8 (docs/architecture.md, "Geometry CLS").
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tenso
 
 
 def padding_geometry(rows: int, slots: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``slots`` padding boxes per row: with them a text-only prompt gets the geometry CLS (DESIGN.md)."""
+    """``slots`` padding boxes per row: with them a text-only prompt gets the geometry CLS (docs/architecture.md)."""
     boxes = torch.tensor([PAD_BOX], dtype=torch.float32).repeat(rows, slots, 1)
     labels = torch.full((rows, slots), PAD_LABEL, dtype=torch.long)
     return boxes, labels
@@ -278,7 +278,7 @@ class Predictor:
         Only the vision encoder: it is ~90% of the work and sees one input shape per resolution,
         while the prompt path's batch size varies from call to call. Compiled in place
         (``Module.compile``), so parameter names, adapters and state dicts are unchanged. The first
-        image pays the compilation (tens of seconds on CPU); see the README for measured effects.
+        image pays the compilation (tens of seconds on CPU); see docs/benchmarks.md for measured effects.
         """
         self.model.vision_encoder.compile(dynamic=False)
         logger.info("vision encoder compiled with torch.compile (first image compiles it)")

@@ -123,7 +123,7 @@ def build_lora_config(
     if not targets:
         raise UserError(
             f"lora.target_modules={lora.target_modules} with the enabled components matched no layer; "
-            f"see the README table of target names"
+            f"see the table of target names in docs/architecture.md, 'LoRA targets'"
         )
     return LoraConfig(
         r=rank if rank is not None else lora.rank,

@@ -4,7 +4,7 @@
 the loss needs: ``get_vision_features`` runs once on the batch's images, the features are indexed
 per query (``query_image_index``), and every query carries one padding box with label
 ``PAD_LABEL`` so that the geometry encoder appends its CLS token exactly as ``Predictor`` does at
-inference (DESIGN.md, "Geometry CLS").
+inference (docs/architecture.md, "Geometry CLS").
 """
 
 from __future__ import annotations

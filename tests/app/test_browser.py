@@ -3,7 +3,7 @@
 The server is the real console entry (``python -m medsam3.app``) on a free local port with the
 tiny random SAM3; it is stopped when the module's tests end. Screenshots go to
 ``test-artifacts/app/`` (or ``$MEDSAM3_TEST_ARTIFACTS/app``); ``MEDSAM3_UPDATE_SCREENSHOT=1``
-also refreshes the README's ``docs/app.png``.
+also refreshes ``docs/app.png`` (the picture in docs/app.md).
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def test_two_users_at_once_are_queued_not_crashed(browser, server, tmp_path, rgb
 
 
 def test_readme_screenshot(page, tmp_path):
-    """The README's picture of the app: a real CT slice (pydicom's CT_small.dcm) with a box."""
+    """The docs' picture of the app (docs/app.md): a real CT slice (pydicom's CT_small.dcm) with a box."""
     pydicom_data = pytest.importorskip("pydicom.data")
     ct = tmp_path / "CT_small.dcm"
     shutil.copy(pydicom_data.get_testdata_file("CT_small.dcm"), ct)

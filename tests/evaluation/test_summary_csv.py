@@ -1,4 +1,4 @@
-"""summary.csv: what the README promises (mean, std, median per concept), recomputed from per_case.csv."""
+"""summary.csv: what docs/evaluation.md promises (mean, std, median per concept), recomputed from per_case.csv."""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_adapter_on_video_detector_equals_image_predictor(tmp_path, tiny_video_c
 
 
 def test_video_detector_gets_the_geometry_cls(video_model):
-    """Without the padding box the detector's logits move (DESIGN.md): the hook must supply it."""
+    """Without the padding box the detector's logits move (docs/architecture.md): the hook must supply it."""
     model, processor = video_model
     calls = []
     VideoPredictor(model, processor, device="cpu")  # an older driver of the same model must not interfere

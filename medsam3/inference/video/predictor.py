@@ -4,7 +4,7 @@ A thin driver of transformers' ``Sam3VideoModel`` / ``Sam3VideoProcessor`` in *s
 (one ``model(inference_session, frame=...)`` call per frame), with three things added:
 
 - **Geometry CLS.** The video model calls its detector with text only; a forward pre-hook gives
-  it the same padding box the image :class:`~medsam3.inference.Predictor` uses (DESIGN.md,
+  it the same padding box the image :class:`~medsam3.inference.Predictor` uses (docs/architecture.md,
   "Geometry CLS"), so the detector's outputs on a frame equal the image Predictor's, and
   MedSAM3-v1 runs as it was trained. Exemplar boxes on one chosen frame go in the same way.
 - **Bounded memory.** A streaming session keeps every frame's pixels, tracker outputs and

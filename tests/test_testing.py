@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medsam3.cli.infer import main as infer_main
 from medsam3 import testing
+from medsam3.cli.infer import main as infer_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -362,16 +362,24 @@ def _read_json(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _entry_id(what: str, kind: str, entry: Any, seen: set[int], skip: SkipLog) -> int | None:
+    """The entry's integer id, or None (skipped with a warning) when it has none or repeats one."""
+    eid = entry.get("id") if isinstance(entry, dict) else None
+    if not isinstance(eid, int) or isinstance(eid, bool):
+        skip(kind, f"{what} {entry!r}: no integer 'id'")
+        return None
+    if eid in seen:
+        skip(kind, f"{what} id={eid}: duplicate id")
+        return None
+    return eid
+
+
 def _parse_categories(source: Path, raw: dict[str, Any], skip: SkipLog) -> tuple[dict[str, Concept], dict[int, str]]:
     concepts: dict[str, Concept] = {}
     cat_to_key: dict[int, str] = {}
     for cat in raw.get("categories", []):
-        cid = cat.get("id") if isinstance(cat, dict) else None
-        if not isinstance(cid, int) or isinstance(cid, bool):
-            skip("categories", f"category {cat!r}: no integer 'id'")
-            continue
-        if cid in cat_to_key:
-            skip("categories", f"category id={cid}: duplicate id")
+        cid = _entry_id("category", "categories", cat, set(cat_to_key), skip)
+        if cid is None:
             continue
         prompt = cat.get("prompt")
         if not (isinstance(prompt, str) and prompt.strip()):
@@ -428,12 +436,8 @@ def _parse_images(
     rejected: list[tuple[str, Path, str]] = []
     seen: set[int] = set()
     for img in raw.get("images", []):
-        iid = img.get("id") if isinstance(img, dict) else None
-        if not isinstance(iid, int) or isinstance(iid, bool):
-            skip("images", f"image {img!r}: no integer 'id'")
-            continue
-        if iid in seen:
-            skip("images", f"image id={iid}: duplicate id")
+        iid = _entry_id("image", "images", img, seen, skip)
+        if iid is None:
             continue
         seen.add(iid)
         file_name = img.get("file_name")

@@ -10,7 +10,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
@@ -127,6 +126,9 @@ class CocoSet:
     prompts: dict[int, str]  # concept id -> prompt
     cases: list[ImageCase]
 
+    def __post_init__(self) -> None:
+        self._by_id = {rec.image_id: rec for rec in self.records.images}
+
     @property
     def annotation_file(self) -> Path:
         return self.records.annotation_file
@@ -146,10 +148,6 @@ class CocoSet:
         masks = self.records.semantic_masks(rec)
         empty = np.zeros((rec.height, rec.width), dtype=bool)
         return {c: masks.get(self.prompts[c], empty) for c in case.categories}
-
-    @property
-    def _by_id(self) -> dict[int, Any]:
-        return {rec.image_id: rec for rec in self.records.images}
 
 
 @dataclass
@@ -195,7 +193,15 @@ def load_coco_set(
     root = Path(image_root).expanduser() if image_root is not None else ann_path.parent
     if ann_path.is_file() and not root.is_dir():
         raise EvaluationError(f"image root is not a directory: {root}")
-    return coco_set(read_coco(ann_path, root, verify_images=False), include_absent=include_absent, modality=modality)
+    cases = coco_set(read_coco(ann_path, root, verify_images=False), include_absent=include_absent, modality=modality)
+    logger.info(
+        "%s: %d image(s), %d concept(s): %s",
+        ann_path,
+        len(cases.cases),
+        len(cases.prompts),
+        ", ".join(cases.prompts.values()),
+    )
+    return cases
 
 
 def coco_set(records: CocoRecords, *, include_absent: bool = False, modality: str | None = None) -> CocoSet:
@@ -221,13 +227,6 @@ def coco_set(records: CocoRecords, *, include_absent: bool = False, modality: st
         raise EvaluationError(
             f"{records.annotation_file}: no image has an annotation with a usable mask; nothing to evaluate"
         )
-    logger.info(
-        "%s: %d image(s), %d concept(s): %s",
-        records.annotation_file,
-        len(cases),
-        len(prompts),
-        ", ".join(prompts.values()),
-    )
     return CocoSet(records, prompts, cases)
 
 

@@ -38,14 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .coco_records import (
-    Concept,
-    ConceptQuery,
-    ConceptSample,
-    DatasetError,
-    ImageRecord,
-    read_coco,
-)
+from .coco_records import Concept, ConceptQuery, ConceptSample, DatasetError, ImageRecord, read_coco
 from .layout import resolve_split
 from .transforms import AugmentConfig, augment, load_rgb_image, normalize_image, resize_image
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Held-out Dice per concept for the demo models: base (stage 1) / LoRA / full fine-tune (stage 2).
 
-Every model is run through ``medsam3.inference.Predictor`` (text prompt only, threshold 0.5, the
-union of detections as the mask) on every image of ``<data>/all/test`` and asked every concept:
+Every model is scored by ``medsam3.evaluation`` (the code of ``medsam3-evaluate --include-absent
+--protocol text``, and of trainer validation) on every image of ``<data>/all/<split>``, asked every
+concept of the split:
 
-* concept present in the image -> Dice against the label (union of its instances);
-* concept absent -> a false detection if any detection scores above 0.5.
+* concept present in the image -> Dice of the union of the detections above the threshold against
+  the union of its instances; averaged per concept, then over concepts
+  (:func:`medsam3.evaluation.concept_means`);
+* concept absent -> a false detection if the predicted mask is not empty.
 
     python scripts/bench_learning.py --data runs/demo_data \\
         --model base=runs/demo/stage1/best_model \\
@@ -33,21 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load_test(data: Path, split: str):
-    from pycocotools import mask as mask_utils
-
-    ann = json.loads((data / "all" / split / "_annotations.coco.json").read_text())
-    cats = {c["id"]: c["name"] for c in ann["categories"]}
-    by_image = defaultdict(dict)
-    for a in ann["annotations"]:
-        m = mask_utils.decode(a["segmentation"]).astype(bool)
-        name = cats[a["category_id"]]
-        prev = by_image[a["image_id"]].get(name)
-        by_image[a["image_id"]][name] = m if prev is None else prev | m
-    images = [(im, by_image.get(im["id"], {})) for im in ann["images"]]
-    return images, [cats[k] for k in sorted(cats)]
-
-
 def train_minutes(run_dir: Path) -> float | None:
     log = run_dir / "train_log.jsonl"
     if not log.is_file():
@@ -60,16 +48,15 @@ def train_minutes(run_dir: Path) -> float | None:
 
 
 def evaluate(spec: str, data: Path, split: str, thresholds: list[float], threads: int):
-    """Rows per (image, concept): Dice (present) or false detection (absent) at every threshold.
+    """Per (image, concept, threshold) rows of ``medsam3.evaluation``, the concepts, and each image's source.
 
-    One pass at threshold 0.05; a threshold t then keeps the detections scoring >= t. The same as
-    running at t, since NMS only suppresses a box under a higher-scoring one.
+    One model run per image at the lowest threshold; the others are derived from its detections
+    (the evaluator's threshold sweep, equal to separate runs).
     """
     import torch
 
     from medsam3.config import load_config
-    from medsam3.data import load_rgb_image
-    from medsam3.evaluation.metrics import dice
+    from medsam3.evaluation import EvalOptions, Evaluator, load_coco_set
     from medsam3.inference.predictor import Predictor
 
     torch.set_num_threads(threads)
@@ -79,45 +66,39 @@ def evaluate(spec: str, data: Path, split: str, thresholds: list[float], threads
         meta = json.loads((Path(adapter) / "adapter_config.json").read_text())
         overrides += [f"lora.rank={meta['r']}", f"lora.alpha={meta['lora_alpha']}"]
     predictor = Predictor.from_config(load_config(None, overrides), weights=adapter or "none", device="cpu")
-    images, concepts = load_test(data, split)
-    rows = []
-    for im, masks in images:
-        rgb = np.array(load_rgb_image(data / "all" / split / im["file_name"]))
-        predictor.set_image(rgb)
-        results = predictor.predict(concepts, threshold=min(0.05, *thresholds))
-        for concept, det in zip(concepts, results):
-            row = {"image": im["file_name"], "source": im.get("source"), "concept": concept}
-            row["max_score"] = float(det.scores.max()) if len(det) else 0.0
-            for t in thresholds:
-                keep = det.scores >= t
-                if concept in masks:
-                    pred = det.masks[keep].any(axis=0) if keep.any() else np.zeros(rgb.shape[:2], bool)
-                    row[f"dice@{t}"] = float(dice(pred, masks[concept]))
-                else:
-                    row[f"fd@{t}"] = bool(keep.any() and t >= 0.0 and row["max_score"] > t)
-            rows.append(row)
-    return rows, concepts
+    cases = load_coco_set(data / "all" / split / "_annotations.coco.json", include_absent=True)
+    options = EvalOptions(protocols=("text",), thresholds=tuple(thresholds), include_absent=True)
+    report = Evaluator(predictor, options, None).run(coco=cases)
+    if report.failures:
+        raise SystemExit(f"{len(report.failures)} image(s) could not be evaluated: {report.failures}")
+    sources = {rec.file_name: rec.entry.get("source") for rec in cases.records.images}
+    return report.rows, list(cases.prompts.values()), sources
 
 
-def summarise(rows, concepts, t: float):
+def summarise(rows, concepts, sources, t: float):
+    from medsam3.evaluation import concept_means
+
+    mine = [r for r in rows if float(r["threshold"]) == t]
+    (means,) = concept_means(mine)
     out = {}
     for c in concepts:
-        mine = [r for r in rows if r["concept"] == c]
-        d = [r[f"dice@{t}"] for r in mine if f"dice@{t}" in r]
+        present = [r for r in mine if r["concept"] == c and r["present"]]
+        absent = [r for r in mine if r["concept"] == c and not r["present"]]
         by_source = defaultdict(list)
-        for r in mine:
-            if f"dice@{t}" in r:
-                by_source[r["source"]].append(r[f"dice@{t}"])
-        fd = [r[f"fd@{t}"] for r in mine if f"fd@{t}" in r]
+        for r in present:
+            by_source[sources[r["case_id"]]].append(float(r["dice"]))
         out[c] = {
-            "dice": float(np.mean(d)) if d else None,
-            "n": len(d),
+            "dice": means["per_concept"][c]["dice"] if c in means["per_concept"] else None,
+            "n": len(present),
             "by_source": {s: [float(np.mean(v)), len(v)] for s, v in sorted(by_source.items())},
-            "false_detections": int(sum(fd)),
-            "absent": len(fd),
+            "false_detections": sum(r["pred_size_px"] > 0 for r in absent),
+            "absent": len(absent),
         }
-    fd_all = [r[f"fd@{t}"] for r in rows if f"fd@{t}" in r]
-    out["_all"] = {"false_detections": int(sum(fd_all)), "absent": len(fd_all)}
+    out["_all"] = {
+        "false_detections": sum(v["false_detections"] for v in out.values()),
+        "absent": sum(v["absent"] for v in out.values()),
+        "mean_dice": means["dice"],
+    }
     return out
 
 
@@ -141,11 +122,11 @@ def main(argv=None) -> int:
     for item in args.model:
         name, _, spec = item.partition("=")
         t0 = time.perf_counter()
-        rows, concepts = evaluate(spec, args.data, args.split, thresholds, args.threads)
+        rows, concepts, sources = evaluate(spec, args.data, args.split, thresholds, args.threads)
         results[name] = {
             "spec": spec,
-            "summary": summarise(rows, concepts, args.threshold),
-            "by_threshold": {str(t): summarise(rows, concepts, t) for t in thresholds},
+            "summary": summarise(rows, concepts, sources, args.threshold),
+            "by_threshold": {str(t): summarise(rows, concepts, sources, t) for t in thresholds},
             "rows": rows,
         }
         print(f"evaluated {name} ({spec}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -211,10 +192,7 @@ def main(argv=None) -> int:
     )
     lines.append("")
     for n in names:
-        per_t = {}
-        for t, summ in results[n]["by_threshold"].items():
-            vals = [summ[c]["dice"] for c in concepts if summ[c]["dice"] is not None]
-            per_t[float(t)] = float(np.mean(vals)) if vals else float("nan")
+        per_t = {float(t): summ["_all"]["mean_dice"] for t, summ in results[n]["by_threshold"].items()}
         best = max(sorted(per_t, reverse=True), key=lambda t: per_t[t])  # ties -> the higher threshold
         results[n]["mean_dice_by_threshold"] = per_t
         results[n]["best_threshold"] = best

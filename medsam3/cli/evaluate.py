@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         coco_map=args.coco_map,
     )
     # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
-    from ..evaluation import Evaluator, best_thresholds, format_table, summarize_rows, write_report
+    from ..evaluation import Evaluator, best_thresholds, concept_means, format_table, summarize_rows, write_report
     from ..inference.predictor import Predictor
 
     quiet_weight_loading(args.verbose, args.quiet)
@@ -232,6 +232,12 @@ def run(args: argparse.Namespace) -> int:
     )
 
     lines = [format_table(summarize_rows(report.rows))] if report.rows else ["no results"]
+    for m in concept_means(report.rows) if report.rows else []:
+        lines.append(
+            f"mean Dice over concepts [{m['protocol']}, threshold {m['threshold']:g}]: {m['dice']:.4f} "
+            f"({len(m['per_concept'])} concepts)"
+            + (f"; false positives on absent: {m['false_positive_rate']:.3f}" if m["n_absent"] else "")
+        )
     if len(options.thresholds) > 1:
         lines.append("\nbest threshold per concept (mean Dice):")
         lines += [

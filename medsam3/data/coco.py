@@ -5,25 +5,20 @@ targets are *all* its instances; ``num_negatives`` categories absent from the im
 queries with empty targets, so the model learns to say "not here" (presence) instead of firing on
 any prompt.
 
-Rules worth knowing (all decided here, all logged):
+The COCO file is read and cleaned by :func:`.coco_records.read_coco`, the one reader that trainer
+validation and ``medsam3-evaluate`` use too; its docstring lists the cleaning rules (prompts,
+merged categories, crowd, box-only, bad data). What this class adds:
 
-* **Prompt text**: a category's ``prompt`` field (non-empty string) overrides its ``name``. An optional
-  ``synonyms`` list is sampled from (together with the prompt) when ``use_synonyms=True`` - meant for
-  the training split; evaluation keeps the canonical prompt. Categories whose prompts compare equal
-  (case-insensitively) are one concept.
-* **Negatives** are drawn only from concepts with at least one usable annotation in this dataset.
-  Roboflow exports carry an unused super-category (often id 0): having no annotations, it is never a
-  negative. A concept is never a negative for an image that has *any* annotation of it - including
-  crowd annotations and annotations skipped as invalid - because it is present there.
-* **Crowd** annotations (``iscrowd=1``) are not targets; a concept whose only instances in an image
-  are crowds gets no query for that image (neither positive nor negative).
-* **Box-only** annotations (no ``segmentation`` or ``[]``, valid ``bbox``) are kept; their
-  ``mask_valid`` entry is False and the loss skips their mask terms.
-* **Boxes** come from ``bbox`` when it is valid, else from the mask extent.
-* **Bad data** (missing/corrupt image, ``file_name`` escaping the image root, degenerate polygon, RLE
-  of the wrong size, category without a name, unknown category/image id) is skipped with a warning
-  that names it, then one summary line. ``DatasetError`` is raised only when no usable image is left.
-  All images are opened and verified at construction, so a bad file cannot end an epoch.
+* **Synonyms**: an optional ``synonyms`` list of a category is sampled from (together with the
+  prompt) when ``use_synonyms=True`` - meant for the training split; evaluation keeps the canonical
+  prompt.
+* **Negatives** are drawn only from the split's concepts (those with a usable annotation), never
+  from a concept present in the image (any annotation of it, crowd or skipped ones included).
+* **Crowd** annotations are not targets; a concept whose only instances in an image are crowds
+  gets no query for that image (neither positive nor negative).
+* **Box-only** annotations are targets with ``mask_valid`` False: the loss skips their mask terms.
+* ``DatasetError`` is raised only when no usable image is left. Images are verified at construction
+  (``verify_images``), so a bad file cannot end an epoch.
 * **Randomness** (negatives, synonyms, augmentation) comes from ``numpy`` generators seeded with
   ``(seed, epoch, index, stream)``: call ``set_epoch`` every epoch. With ``persistent_workers=True``
   a DataLoader's workers keep their own copy of the dataset and do not see ``set_epoch``.
@@ -31,12 +26,8 @@ Rules worth knowing (all decided here, all logged):
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import warnings
-from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,23 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from ..errors import InputNotFoundError
-from .coco_records import (
-    Concept,
-    ConceptQuery,
-    ConceptSample,
-    DatasetError,
-    ImageRecord,
-    SkipLog,
-    clean_annotation,
-    concept_key,
-    escapes_root,
-    is_number,
-    verify_image,
-)
+from .coco_records import Concept, ConceptQuery, ConceptSample, DatasetError, ImageRecord, read_coco
 from .layout import resolve_split
 from .transforms import AugmentConfig, augment, load_rgb_image, normalize_image, resize_image
 
@@ -116,18 +93,13 @@ class CocoConceptDataset(Dataset):
         self.use_synonyms = use_synonyms
         self.epoch = 0
 
-        raw = self._read_json()
-        skip = SkipLog(str(self.annotation_file))
-        concepts, cat_to_key = self._parse_categories(raw, skip)
-        images = self._parse_images(raw, skip, verify_images)
-        annotations = self._parse_annotations(raw, skip, images, cat_to_key)
+        self.records = read_coco(self.annotation_file, self.image_root, verify_images=verify_images)
+        self.coco = self.records.coco
+        # Concepts without any usable annotation (e.g. Roboflow's super-category) are not in the records.
+        self.concepts: dict[str, Concept] = self.records.concepts
+        self._negative_pool: list[str] = list(self.concepts)  # by category id
 
-        used_keys = {key for rec in images.values() for key in rec.instances}
-        # Concepts without any usable annotation (e.g. Roboflow's super-category) are dropped.
-        self.concepts: dict[str, Concept] = {k: c for k, c in concepts.items() if k in used_keys}
-        self._negative_pool: list[str] = sorted(self.concepts, key=lambda k: (self.concepts[k].category_id, k))
-
-        records = sorted(images.values(), key=lambda r: r.image_id)
+        records = list(self.records.images)
         if self.num_negatives == 0:
             dropped = [r for r in records if not r.instances]
             if dropped:
@@ -140,30 +112,14 @@ class CocoConceptDataset(Dataset):
         elif len(self._negative_pool) == 0:
             records = []
         self._records: list[ImageRecord] = records
-
-        if skip.counts:
-            logger.warning("%s: skipped %s; %d images usable", self.annotation_file, skip.summary(), len(self._records))
         if not self._records:
+            skipped = self.records.skipped
             raise DatasetError(
                 f"no usable images in {self.annotation_file} (image root {self.image_root})"
-                + (f"; skipped {skip.summary()}" if skip.counts else "")
+                + (f"; skipped {skipped}" if skipped else "")
                 + ". Check that image_root is the folder the 'file_name' entries are relative to, that the "
                 "files exist and open, and that annotations have a named category and a valid polygon, RLE or bbox."
             )
-
-        # pycocotools index over the cleaned data only: annToMask needs image height/width.
-        cleaned = {
-            "images": [
-                {"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width}
-                for r in images.values()
-            ],
-            "annotations": annotations,
-            "categories": [{"id": c.category_id, "name": c.prompt} for c in self.concepts.values()],
-        }
-        self.coco = COCO()
-        self.coco.dataset = cleaned
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco.createIndex()
 
     @classmethod
     def from_split(
@@ -178,150 +134,6 @@ class CocoConceptDataset(Dataset):
         """Build from a Roboflow or plain COCO layout (see ``resolve_split``)."""
         paths = resolve_split(data_dir, split, annotation_file=annotation_file, image_root=image_root)
         return cls(paths.annotation_file, paths.image_root, **kwargs)
-
-    # ------------------------------------------------------------------ parsing
-    def _read_json(self) -> dict[str, Any]:
-        if not self.annotation_file.is_file():
-            raise InputNotFoundError(f"COCO annotation file not found: {self.annotation_file}")
-        try:
-            with open(self.annotation_file, encoding="utf-8") as fh:
-                raw = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DatasetError(f"{self.annotation_file} is not valid JSON: {err}") from err
-        if not isinstance(raw, dict):
-            raise DatasetError(f"{self.annotation_file}: expected a COCO object at the top level")
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(raw.get(key, []), list):
-                raise DatasetError(f"{self.annotation_file}: '{key}' must be a list")
-        if not raw.get("images"):
-            raise DatasetError(f"{self.annotation_file} lists no images")
-        return raw
-
-    def _parse_categories(self, raw: dict[str, Any], skip: SkipLog) -> tuple[dict[str, Concept], dict[int, str]]:
-        concepts: dict[str, Concept] = {}
-        cat_to_key: dict[int, str] = {}
-        for cat in raw.get("categories", []):
-            cid = cat.get("id") if isinstance(cat, dict) else None
-            if not isinstance(cid, int) or isinstance(cid, bool):
-                skip("categories", f"category {cat!r}: no integer 'id'")
-                continue
-            if cid in cat_to_key:
-                skip("categories", f"category id={cid}: duplicate id")
-                continue
-            prompt = cat.get("prompt")
-            if not (isinstance(prompt, str) and prompt.strip()):
-                prompt = cat.get("name")
-            if not (isinstance(prompt, str) and prompt.strip()):
-                skip("categories", f"category id={cid}: no name (its annotations are skipped too)")
-                continue
-            prompt = " ".join(prompt.split())
-            synonyms_raw = cat.get("synonyms") or []
-            if not isinstance(synonyms_raw, list):
-                logger.warning("%s: category id=%d: 'synonyms' is not a list; ignored", self.annotation_file, cid)
-                synonyms_raw = []
-            synonyms = [" ".join(s.split()) for s in synonyms_raw if isinstance(s, str) and s.strip()]
-            key = concept_key(prompt)
-            cat_to_key[cid] = key
-            if key in concepts:
-                concept = concepts[key]
-                concept.category_id = min(concept.category_id, cid)
-                concept.synonyms.extend(s for s in synonyms if s not in concept.synonyms)
-            else:
-                concepts[key] = Concept(key, prompt, cid, synonyms)
-        return concepts, cat_to_key
-
-    def _parse_images(self, raw: dict[str, Any], skip: SkipLog, verify: bool) -> dict[int, ImageRecord]:
-        images: dict[int, ImageRecord] = {}
-        seen: set[int] = set()
-        for img in raw.get("images", []):
-            iid = img.get("id") if isinstance(img, dict) else None
-            if not isinstance(iid, int) or isinstance(iid, bool):
-                skip("images", f"image {img!r}: no integer 'id'")
-                continue
-            if iid in seen:
-                skip("images", f"image id={iid}: duplicate id")
-                continue
-            seen.add(iid)
-            file_name = img.get("file_name")
-            if not (isinstance(file_name, str) and file_name.strip()):
-                skip("images", f"image id={iid}: no 'file_name'")
-                continue
-            if escapes_root(file_name):
-                skip("images", f"image id={iid} file_name={file_name!r}: path leaves the image root {self.image_root}")
-                continue
-            path = self.image_root / file_name
-            if not path.is_file():
-                skip("images", f"image id={iid} file_name={file_name!r}: file not found at {path}")
-                continue
-            height, width = img.get("height"), img.get("width")
-            if verify or not (is_number(height) and is_number(width)):
-                try:
-                    actual_h, actual_w = verify_image(path)
-                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                    skip("images", f"image id={iid} file_name={file_name!r}: cannot be read ({err})")
-                    continue
-                if is_number(height) and is_number(width) and (int(height), int(width)) != (actual_h, actual_w):
-                    logger.warning(
-                        "%s: image id=%d %r is %dx%d on disk but %dx%d in the annotations; using the "
-                        "annotation frame (targets are normalised, so the image is just resized)",
-                        self.annotation_file,
-                        iid,
-                        file_name,
-                        actual_w,
-                        actual_h,
-                        int(width),
-                        int(height),
-                    )
-                if not (is_number(height) and is_number(width) and height > 0 and width > 0):
-                    height, width = actual_h, actual_w
-            images[iid] = ImageRecord(iid, file_name, path, int(height), int(width), defaultdict(list), set())
-        return images
-
-    def _parse_annotations(
-        self,
-        raw: dict[str, Any],
-        skip: SkipLog,
-        images: dict[int, ImageRecord],
-        cat_to_key: dict[int, str],
-    ) -> list[dict[str, Any]]:
-        known_image_ids = {img.get("id") for img in raw.get("images", []) if isinstance(img, dict)}
-        cleaned: list[dict[str, Any]] = []
-        next_id = 1 + max(
-            (a["id"] for a in raw.get("annotations", []) if isinstance(a, dict) and isinstance(a.get("id"), int)),
-            default=0,
-        )
-        used_ids: set[int] = set()
-        for ann in raw.get("annotations", []):
-            if not isinstance(ann, dict):
-                skip("annotations", f"annotation {ann!r}: not an object")
-                continue
-            aid = ann.get("id")
-            label = f"annotation id={aid} (image id={ann.get('image_id')})"
-            iid = ann.get("image_id")
-            if iid not in images:
-                if iid not in known_image_ids:
-                    skip("annotations", f"{label}: unknown image id")
-                continue  # image itself was skipped (already reported)
-            rec = images[iid]
-            cid = ann.get("category_id")
-            if cid not in cat_to_key:
-                skip("annotations", f"{label}: unknown or unnamed category id {cid!r}")
-                continue
-            key = cat_to_key[cid]
-            rec.present.add(key)
-            if ann.get("iscrowd", 0):
-                continue  # crowd: present, but not a target
-            result = clean_annotation(self.annotation_file, ann, rec)
-            if isinstance(result, str):
-                skip("annotations", f"{label} in {rec.file_name!r}: {result}")
-                continue
-            if not isinstance(aid, int) or isinstance(aid, bool) or aid in used_ids:
-                aid, next_id = next_id, next_id + 1
-            used_ids.add(aid)
-            result.update(id=aid, image_id=iid, category_id=cid)
-            cleaned.append(result)
-            rec.instances[key].append(aid)
-        return cleaned
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -345,28 +157,12 @@ class CocoConceptDataset(Dataset):
         return self._records[index].path
 
     def semantic_targets(self, index: int) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Ground truth for evaluation at the annotation frame size, canonical prompts.
+        """Ground truth at the annotation frame size, canonical prompts (see :mod:`.coco_records`).
 
-        Returns ``({prompt: (H, W) bool union of its instances}, [prompts absent from the image])``.
-        Box-only instances contribute nothing to the masks; concepts whose instances here are all
-        crowd (present but not targets) appear in neither.
+        Returns ``({prompt: (H, W) bool union of its masks}, [prompts absent from the image])``.
         """
         rec = self._records[index]
-        masks: dict[str, np.ndarray] = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for key in sorted(rec.instances, key=lambda k: (self.concepts[k].category_id, k)):
-                union = np.zeros((rec.height, rec.width), dtype=bool)
-                usable = False
-                for aid in rec.instances[key]:
-                    ann = self.coco.anns[aid]
-                    if ann["mask_valid"]:
-                        union |= self.coco.annToMask(ann).astype(bool)
-                        usable = True
-                if usable:
-                    masks[self.concepts[key].prompt] = union
-        absent = [self.concepts[k].prompt for k in self._negative_pool if k not in rec.present]
-        return masks, absent
+        return self.records.semantic_masks(rec), self.records.absent_prompts(rec)
 
     def _rng(self, index: int, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index, stream])

@@ -6,15 +6,17 @@ with empty masks) that must be the same for every row, written down, and recompu
 
 Rules (all fixed here, all in docs/evaluation.md):
 
-* **Cases.** 2D: one (image, category) pair per category *present* in the image (it has at least one
-  annotation with a usable mask); ``include_absent`` also asks for every other category of the set
-  (those with annotations somewhere), whose ground truth is empty. 3D: one (volume, label value)
-  pair per entry of the label-to-prompt mapping present in the label map, absent ones likewise only
-  with ``include_absent``.
-* **Ground truth.** 2D: union of the category's instance masks on the image (``annToMask``, crowd
-  regions included); annotations without a usable segmentation (box-only, degenerate polygons) are
-  dropped with a warning, and a category present on an image only through them is not evaluated
-  there. 3D: ``label_map == value``; the label map must share the image volume's shape and affine.
+* **Reading.** A COCO split is read by :func:`medsam3.data.coco_records.read_coco`, the reader
+  training uses, with its cleaning rules (listed there): the same images, concepts and ground truth
+  in training, trainer validation and here. Categories sharing a prompt are one concept.
+* **Cases.** 2D: one (image, concept) pair per concept with a mask on the image; ``include_absent``
+  also asks for every concept of the split without any annotation on the image (empty ground
+  truth). 3D: one (volume, label value) pair per entry of the label-to-prompt mapping present in the
+  label map, absent ones likewise only with ``include_absent``. An image the reader rejected
+  (missing file, unknown size) is a failed case.
+* **Ground truth.** 2D: union of the concept's masks on the image (crowd regions included; box-only
+  annotations have none, so a concept present only through them is not evaluated there). 3D:
+  ``label_map == value``; the label map must share the image volume's shape and affine.
 * **Prompts.** A category's ``prompt`` field overrides its ``name``; in 3D the mapping's text.
 * **Protocols.** ``text``: the prompt alone. ``text+box``: the prompt plus the box of the *largest
   connected component* of the ground truth (``scipy.ndimage.label``, face connectivity, ties -> first
@@ -28,7 +30,11 @@ Rules (all fixed here, all in docs/evaluation.md):
 * **Metrics.** :func:`medsam3.evaluation.metrics.compute_all` (Dice, IoU, NSD at ``nsd_tolerance`` mm, HD95):
   3D on the whole volume with the file's voxel spacing; 2D with the image's pixel spacing when the
   file carries one (DICOM), else 1 mm per pixel. Absent cases score 1 when nothing is predicted and
-  0 otherwise (HD95 inf, left out of the mean and counted as ``n_inf``).
+  0 otherwise in ``per_case.csv``, but summaries average over *present* cases only; absent ones give
+  the ``false_positive_rate`` (a non-empty prediction).
+* **One headline number** (:func:`concept_means`, also what trainer validation and
+  ``scripts/bench_learning.py`` report): Dice per present (case, concept), averaged per concept, then
+  over concepts.
 * **Failures.** A case that cannot be read or whose label map does not match is logged, listed in
   ``failures`` and skipped; the others still count.
 
@@ -48,6 +54,7 @@ from .cases import (
     ImageCase,
     VolumeCase,
     VolumeSet,
+    coco_set,
     load_coco_set,
     load_label_prompts,
     match_volume_dirs,
@@ -58,7 +65,7 @@ from .cases import (
 # The protocol runs the model (torch) and the report needs the metrics (scipy): imported on first
 # use, so that checking a data set description (cases, above) answers before they load.
 _PROTOCOL_NAMES = ("EvaluationReport", "Evaluator", "coco_instance_metrics", "largest_component_box", "semantic_masks")
-_REPORT_NAMES = ("best_thresholds", "format_table", "summarize_rows", "write_report")
+_REPORT_NAMES = ("best_thresholds", "concept_means", "format_table", "summarize_rows", "write_report")
 
 
 def __getattr__(name: str):
@@ -88,6 +95,8 @@ __all__ = [
     "VolumeSet",
     "best_thresholds",
     "coco_instance_metrics",
+    "coco_set",
+    "concept_means",
     "format_table",
     "largest_component_box",
     "load_coco_set",

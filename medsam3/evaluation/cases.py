@@ -5,21 +5,16 @@ The rules these follow are in the package docstring (:mod:`medsam3.evaluation`).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
-import json
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
 
+from ..data.coco_records import CocoRecords
 from ..errors import UserError
 from ..io import Volume
 from ..io.windows import WindowSpec, parse_window
@@ -113,39 +108,46 @@ class EvalOptions:
 
 @dataclass
 class ImageCase:
-    """One COCO image and the categories to ask for on it."""
+    """One COCO image and the concepts to ask for on it."""
 
     case_id: str
     image_id: int
     image_path: Path
-    categories: list[int]  # category ids, in the set's category order
+    categories: list[int]  # concept (smallest category) ids, in the set's concept order
     modality: str | None = None
+    problem: str | None = None  # set when the image was found unusable while reading the set
 
 
 @dataclass
 class CocoSet:
-    """A COCO split ready for evaluation: cleaned pycocotools index, prompts, cases."""
+    """A COCO split ready for evaluation: the cleaned records (:func:`medsam3.data.coco_records.read_coco`), cases."""
 
-    annotation_file: Path
-    image_root: Path
-    coco: Any  # pycocotools.coco.COCO over the cleaned annotations
-    prompts: dict[int, str]  # category id -> prompt text
+    records: CocoRecords
+    prompts: dict[int, str]  # concept id -> prompt
     cases: list[ImageCase]
 
-    def ground_truth(self, case: ImageCase, category_id: int) -> np.ndarray:
-        """Union of the category's instance masks on the image (pycocotools ``annToMask``)."""
-        info = self.coco.imgs[case.image_id]
-        gt = np.zeros((int(info["height"]), int(info["width"])), dtype=bool)
-        for ann in self.coco.imgToAnns.get(case.image_id, []):
-            if ann["category_id"] == category_id:
-                mask = self.coco.annToMask(ann).astype(bool)
-                if mask.shape != gt.shape:
-                    raise CaseError(
-                        f"annotation {ann['id']} of {case.case_id}: RLE size {mask.shape[::-1]} (w, h) "
-                        f"differs from the image's {gt.shape[::-1]}"
-                    )
-                gt |= mask
-        return gt
+    def __post_init__(self) -> None:
+        self._by_id = {rec.image_id: rec for rec in self.records.images}
+
+    @property
+    def annotation_file(self) -> Path:
+        return self.records.annotation_file
+
+    @property
+    def image_root(self) -> Path:
+        return self.records.image_root
+
+    def frame(self, case: ImageCase) -> tuple[int, int]:
+        """(height, width) of the image's annotation frame."""
+        rec = self._by_id[case.image_id]
+        return rec.height, rec.width
+
+    def ground_truths(self, case: ImageCase) -> dict[int, np.ndarray]:
+        """Per asked concept id: the union of its masks on the image (empty for an absent concept)."""
+        rec = self._by_id[case.image_id]
+        masks = self.records.semantic_masks(rec)
+        empty = np.zeros((rec.height, rec.width), dtype=bool)
+        return {c: masks.get(self.prompts[c], empty) for c in case.categories}
 
 
 @dataclass
@@ -170,24 +172,6 @@ class VolumeSet:
 # --------------------------------------------------------------------------------------------- #
 # Loading data set descriptions
 # --------------------------------------------------------------------------------------------- #
-def _usable_segmentation(seg: Any) -> Any:
-    """The segmentation with degenerate polygons removed, or None if no mask can be drawn from it."""
-    if isinstance(seg, dict):
-        return seg if "counts" in seg and "size" in seg else None
-    if isinstance(seg, list):
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        return polys or None
-    return None
-
-
-def _concept_text(cat: Mapping[str, Any]) -> str | None:
-    for key in ("prompt", "name"):
-        value = cat.get(key)
-        if isinstance(value, str) and value.strip():
-            return " ".join(value.split())
-    return None
-
-
 def load_coco_set(
     annotation_file: str | Path,
     image_root: str | Path | None = None,
@@ -195,122 +179,55 @@ def load_coco_set(
     include_absent: bool = False,
     modality: str | None = None,
 ) -> CocoSet:
-    """Read a COCO file into cases; the annotation index is cleaned so pycocotools never trips on it.
+    """Read a COCO file with the one reader training uses (same cleaning, merged duplicate prompts) into cases.
 
-    ``image_root`` defaults to the JSON file's folder (Roboflow layout). Raises
-    :class:`EvaluationError` when the file is unusable or nothing is left to evaluate.
+    A case is an image with at least one concept to ask: those with a mask on it, plus (with
+    ``include_absent``) those without any annotation on it. ``image_root`` defaults to the JSON file's
+    folder (Roboflow layout). Images the reader rejected (missing file, unknown size) become cases
+    that fail with the reason. Raises a :class:`~medsam3.errors.UserError` when the file is unusable
+    or nothing is left to evaluate.
     """
-    from pycocotools.coco import COCO
+    from ..data.coco_records import read_coco
 
     ann_path = Path(annotation_file).expanduser()
     root = Path(image_root).expanduser() if image_root is not None else ann_path.parent
-    if not ann_path.is_file():
-        raise EvaluationError(f"COCO annotation file not found: {ann_path}")
-    if not root.is_dir():
+    if ann_path.is_file() and not root.is_dir():
         raise EvaluationError(f"image root is not a directory: {root}")
-    try:
-        raw = json.loads(ann_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvaluationError(f"{ann_path} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("images"), list) or not raw["images"]:
-        raise EvaluationError(f"{ann_path}: expected a COCO object with a non-empty 'images' list")
-
-    prompts: dict[int, str] = {}
-    for cat in raw.get("categories") or []:
-        cid = cat.get("id") if isinstance(cat, dict) else None
-        text = _concept_text(cat) if isinstance(cat, dict) else None
-        if isinstance(cid, int) and text and cid not in prompts:
-            prompts[cid] = text
-        else:
-            logger.warning("%s: ignoring category %r (needs an integer id and a name)", ann_path, cat)
-    images = {
-        img["id"]: img
-        for img in raw["images"]
-        if isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str)
-    }
-    if len(images) < len(raw["images"]):
-        logger.warning(
-            "%s: %d image entr(y/ies) without an id or file_name are ignored",
-            ann_path,
-            len(raw["images"]) - len(images),
-        )
-
-    annotations, present = [], defaultdict(set)  # present: image id -> categories with any annotation
-    dropped = 0
-    for ann in raw.get("annotations") or []:
-        if not isinstance(ann, dict) or ann.get("image_id") not in images or ann.get("category_id") not in prompts:
-            dropped += 1
-            continue
-        present[ann["image_id"]].add(ann["category_id"])
-        seg = _usable_segmentation(ann.get("segmentation"))
-        if seg is None:
-            dropped += 1
-            continue
-        area = ann.get("area")
-        annotations.append(
-            {
-                **ann,
-                "segmentation": seg,
-                "id": len(annotations) + 1,  # unique ids for COCOeval
-                "iscrowd": 1 if ann.get("iscrowd") in (1, True) else 0,
-                "area": float(area) if isinstance(area, (int, float)) else 0.0,
-            }
-        )
-    if dropped:
-        logger.warning(
-            "%s: %d annotation(s) without a usable mask (box-only, degenerate polygon, unknown "
-            "image/category) are not ground truth",
-            ann_path,
-            dropped,
-        )
-
-    coco = COCO()
-    coco.dataset = {
-        "images": list(images.values()),
-        "annotations": annotations,
-        "categories": [{"id": c, "name": p} for c, p in prompts.items()],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-
-    with_masks = {a["category_id"] for a in annotations}
-    concepts = [c for c in prompts if c in with_masks]  # e.g. Roboflow's unused super-category is not one
-    seen: dict[str, int] = {}
-    for c in concepts:
-        if prompts[c].lower() in seen:
-            logger.warning(
-                "%s: categories %d and %d share the prompt %r; they are evaluated separately",
-                ann_path,
-                seen[prompts[c].lower()],
-                c,
-                prompts[c],
-            )
-        seen.setdefault(prompts[c].lower(), c)
-
-    cases = []
-    for image_id, info in images.items():
-        masked = {a["category_id"] for a in coco.imgToAnns.get(image_id, [])}
-        cats = [c for c in concepts if c in masked or (include_absent and c not in present[image_id])]
-        if cats:
-            cases.append(
-                ImageCase(
-                    case_id=info["file_name"],
-                    image_id=image_id,
-                    image_path=root / info["file_name"],
-                    categories=cats,
-                    modality=info.get("modality") or modality,
-                )
-            )
-    if not cases:
-        raise EvaluationError(f"{ann_path}: no image has an annotation with a usable mask; nothing to evaluate")
+    cases = coco_set(read_coco(ann_path, root, verify_images=False), include_absent=include_absent, modality=modality)
     logger.info(
         "%s: %d image(s), %d concept(s): %s",
         ann_path,
-        len(cases),
-        len(concepts),
-        ", ".join(prompts[c] for c in concepts),
+        len(cases.cases),
+        len(cases.prompts),
+        ", ".join(cases.prompts.values()),
     )
-    return CocoSet(ann_path, root, coco, {c: prompts[c] for c in concepts}, cases)
+    return cases
+
+
+def coco_set(records: CocoRecords, *, include_absent: bool = False, modality: str | None = None) -> CocoSet:
+    """Cases of a split already read (trainer validation passes its dataset's records); see :func:`load_coco_set`."""
+    prompts = {c.category_id: c.prompt for c in records.concepts.values()}
+    cases = []
+    for rec in records.images:
+        asked = set(records.mask_prompts(rec)) | set(records.absent_prompts(rec) if include_absent else ())
+        cats = [c for c, p in prompts.items() if p in asked]
+        if cats:
+            cases.append(
+                ImageCase(
+                    case_id=rec.file_name,
+                    image_id=rec.image_id,
+                    image_path=rec.path,
+                    categories=cats,
+                    modality=rec.entry.get("modality") or modality,
+                )
+            )
+    for file_name, path, reason in records.rejected:
+        cases.append(ImageCase(file_name, -1, path, [], modality, problem=f"{path}: {reason}"))
+    if not any(c.problem is None for c in cases):
+        raise EvaluationError(
+            f"{records.annotation_file}: no image has an annotation with a usable mask; nothing to evaluate"
+        )
+    return CocoSet(records, prompts, cases)
 
 
 def load_label_prompts(path: str | Path) -> dict[int, str]:

@@ -84,6 +84,7 @@ class EvaluationReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     n_cases: int = 0
+    detections: list[dict[str, Any]] = field(default_factory=list)  # 2D, with ``keep_detections``
     coco_map: dict[str, Any] | None = None
     is_main: bool = True  # False on torchrun ranks other than 0: their rows went to rank 0
 
@@ -107,13 +108,18 @@ class Evaluator:
 
     >>> report = Evaluator(predictor, EvalOptions(protocols=("text", "text+box")), "eval/").run(coco=coco_set)
     >>> write_report(report, "eval/")
+
+    ``output_dir=None`` writes no prediction files (trainer validation, benchmarks): the rows are the
+    same. ``keep_detections`` also returns every 2D row's detections (scores, xyxy boxes).
     """
 
-    def __init__(self, predictor, options: EvalOptions, output_dir: str | Path) -> None:
+    def __init__(
+        self, predictor, options: EvalOptions, output_dir: str | Path | None, *, keep_detections: bool = False
+    ) -> None:
         self.predictor = predictor
         self.options = options
-        self.output_dir = Path(output_dir)
-        self.predictions_dir = self.output_dir / "predictions"
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.keep_detections = keep_detections
         self._case_slugs: set[str] = set()
         self._slug_of: dict[int, str] = {}  # id(case) -> folder name, fixed over all cases before sharding
         self._warned_spacing = False
@@ -135,7 +141,7 @@ class Evaluator:
         pred: np.ndarray,
         gt: np.ndarray,
         spacing: Sequence[float],
-        prediction: Path,
+        prediction: Path | None,
         **extra: Any,
     ) -> dict[str, Any]:
         metrics = compute_all(pred, gt, spacing=spacing, tolerance_mm=self.options.nsd_tolerance)
@@ -154,34 +160,37 @@ class Evaluator:
             "gt_size_mm": gt_n * unit,
             "pred_size_mm": pred_n * unit,
             "spacing_mm": " ".join(f"{s:g}" for s in spacing),
-            "prediction": prediction.relative_to(self.output_dir).as_posix(),
+            "prediction": prediction.relative_to(self.output_dir).as_posix() if prediction else "",
             **extra,
         }
 
-    def _prediction_path(self, protocol: str, t: float, case_slug: str, concept_slug: str, suffix: str) -> Path:
-        path = self.predictions_dir / protocol / _thr_dir(t) / case_slug / f"{concept_slug}{suffix}"
+    def _prediction_path(self, protocol: str, t: float, case_slug: str, concept_slug: str, suffix: str) -> Path | None:
+        """Where a prediction is saved (its folder created), or None when no files are written."""
+        if self.output_dir is None:
+            return None
+        path = self.output_dir / "predictions" / protocol / _thr_dir(t) / case_slug / f"{concept_slug}{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     # -- 2D ------------------------------------------------------------------------------------
-    def evaluate_image(self, case: ImageCase, dataset: CocoSet) -> tuple[list[dict], dict[str, list[dict]]]:
-        """Rows for one COCO image (every protocol x category x threshold) and its COCO detections."""
+    def evaluate_image(self, case: ImageCase, dataset: CocoSet) -> tuple[list[dict], dict[str, list[dict]], list]:
+        """Rows for one COCO image (every protocol x category x threshold), its COCO results and detections."""
         opts = self.options
+        if case.problem:
+            raise CaseError(case.problem)
         image = load_image2d(case.image_path, opts.window)
         height, width = image.rgb.shape[:2]
-        info = dataset.coco.imgs[case.image_id]
-        if "height" not in info or "width" not in info:  # annToMask needs them; trust the file
-            info["height"], info["width"] = height, width
-        if (int(info["height"]), int(info["width"])) != (height, width):
+        frame = dataset.frame(case)
+        if frame != (height, width):
             raise CaseError(
-                f"{case.image_path} is {width}x{height} pixels but the annotation says {info['width']}x{info['height']}"
+                f"{case.image_path} is {width}x{height} pixels but the annotation says {frame[1]}x{frame[0]}"
             )
         if image.spacing is None and not self._warned_spacing:
             logger.info("2D images without pixel spacing (PNG/JPEG/TIFF) are scored at 1 mm per pixel")
             self._warned_spacing = True
         spacing = tuple(image.spacing) if image.spacing else (1.0, 1.0)
         modality = case.modality or image.meta.get("modality") or "2D"
-        gts = {c: dataset.ground_truth(case, c) for c in case.categories}
+        gts = dataset.ground_truths(case)
 
         plan = [(protocol, c) for protocol in opts.protocols for c in case.categories]
         rows_in = [
@@ -195,11 +204,22 @@ class Evaluator:
         used: set[str] = set()
         for c in case.categories:
             concept_slugs[c] = _slug_unique(dataset.prompts[c], used)
-        rows, coco_results = [], defaultdict(list)
+        rows, coco_results, kept = [], defaultdict(list), []
         for (protocol, c), det in zip(plan, dets):
+            if self.keep_detections:
+                kept.append(
+                    {
+                        "image": str(case.image_path),
+                        "prompt": dataset.prompts[c],
+                        "protocol": protocol,
+                        "scores": det.scores.tolist(),
+                        "boxes_xyxy": det.boxes.tolist(),
+                    }
+                )
             for t, pred in semantic_masks(det, opts.thresholds).items():
                 path = self._prediction_path(protocol, t, case_slug, concept_slugs[c], ".png")
-                Image.fromarray(pred.astype(np.uint8) * 255).save(path)
+                if path is not None:
+                    Image.fromarray(pred.astype(np.uint8) * 255).save(path)
                 rows.append(
                     self._row(
                         case.case_id,
@@ -221,7 +241,7 @@ class Evaluator:
                     {"image_id": case.image_id, "category_id": c, "segmentation": encode_rle(m), "score": float(s)}
                     for m, s in zip(det.masks, det.scores)
                 ]
-        return rows, coco_results
+        return rows, coco_results, kept
 
     # -- 3D ------------------------------------------------------------------------------------
     def evaluate_volume(self, case: VolumeCase, label_prompts: Mapping[int, str]) -> list[dict]:
@@ -277,7 +297,8 @@ class Evaluator:
         rows = []
         for (protocol, v, t), pred in preds.items():
             path = self._prediction_path(protocol, t, case_slug, concept_slugs[v], ".nii.gz")
-            save_label_map(pred.astype(np.uint8), volume, path, dtype=np.uint8)
+            if path is not None:
+                save_label_map(pred.astype(np.uint8), volume, path, dtype=np.uint8)
             rows.append(
                 self._row(
                     case.case_id,
@@ -329,7 +350,7 @@ class Evaluator:
             outcome = _CaseOutcome(index)
             try:
                 if kind == "2d":
-                    outcome.rows, outcome.coco_results = self.evaluate_image(case, coco)
+                    outcome.rows, outcome.coco_results, outcome.detections = self.evaluate_image(case, coco)
                     outcome.image_id = case.image_id
                 else:
                     outcome.rows = self.evaluate_volume(case, volumes.label_prompts)
@@ -351,6 +372,7 @@ class Evaluator:
                 report.failures.append(outcome.failure)
                 continue
             report.rows += outcome.rows
+            report.detections += outcome.detections
             if outcome.image_id is not None:
                 evaluated_images.append(outcome.image_id)
                 for protocol, dets in outcome.coco_results.items():
@@ -369,6 +391,7 @@ class _CaseOutcome:
     index: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     coco_results: dict[str, list[dict]] = field(default_factory=dict)
+    detections: list[dict[str, Any]] = field(default_factory=list)
     image_id: int | None = None
     failure: dict[str, str] | None = None
 
@@ -397,8 +420,9 @@ def coco_instance_metrics(dataset: CocoSet, results: list[dict], image_ids: Sequ
             "per_concept": {dataset.prompts[c]: {"AP": 0.0, "AP50": 0.0} for c in cat_ids},
         }
     with contextlib.redirect_stdout(io.StringIO()) as log:
-        dt = dataset.coco.loadRes(copy.deepcopy(results))
-        ev = COCOeval(dataset.coco, dt, "segm")
+        gt = dataset.records.mask_index()  # box-only annotations have no segm to match
+        dt = gt.loadRes(copy.deepcopy(results))
+        ev = COCOeval(gt, dt, "segm")
         ev.params.imgIds = list(image_ids)
         ev.params.catIds = cat_ids
         ev.evaluate()

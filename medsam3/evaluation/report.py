@@ -27,24 +27,82 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------- #
 # Reports
 # --------------------------------------------------------------------------------------------- #
+def _present(row: Mapping[str, Any]) -> bool:
+    return str(row["present"]) not in ("0", "False", "false", "")
+
+
+def _false_positive_rate(rows: Sequence[Mapping[str, Any]]) -> float:
+    """Fraction of absent cases with a non-empty prediction (NaN without absent cases)."""
+    absent = [r for r in rows if not _present(r)]
+    return sum(int(r["pred_size_px"]) > 0 for r in absent) / len(absent) if absent else math.nan
+
+
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """mean/std/median/n of every metric per (modality, concept, protocol, threshold), in first-seen order."""
+    """Per (modality, concept, protocol, threshold), in first-seen order: mean/std/median/n of every
+    metric over the cases where the concept is present, and the false-positive rate of the absent ones.
+
+    Why absent cases stay out of the means: their Dice is 1 or 0 (empty vs empty, or any false pixel),
+    which says "detected or not", not how well a structure was delineated; it would move the mean with
+    the number of absent cases asked. They are reported as ``false_positive_rate`` instead.
+    """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["modality"], r["concept"], r["protocol"], float(r["threshold"])), []).append(r)
     out = []
     for (modality, concept, protocol, t), rs in groups.items():
+        present = [r for r in rs if _present(r)]
         entry: dict[str, Any] = {
             "modality": modality,
             "concept": concept,
             "protocol": protocol,
             "threshold": t,
             "n_cases": len(rs),
-            "n_present": sum(bool(r["present"]) for r in rs),
+            "n_present": len(present),
+            "false_positive_rate": _false_positive_rate(rs),
         }
         for m in METRICS:
-            entry[m] = summarize(float(r[m]) for r in rs)
+            entry[m] = summarize(float(r[m]) for r in present)
         out.append(entry)
+    return out
+
+
+def concept_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The one headline number per (protocol, threshold): mean Dice (and IoU) over concepts.
+
+    The definition every Dice in medsam3 uses (``medsam3-evaluate``, trainer validation and the
+    benchmark scripts call this): per (image or volume, concept) where the concept is present, Dice
+    of the union of the detections above the threshold against the union of its ground truth;
+    averaged per concept over its cases (all modalities together), then over concepts, each concept
+    weighing the same. Absent cases count only in ``false_positive_rate`` (any predicted pixel).
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["protocol"], float(r["threshold"])), []).append(r)
+    out = []
+    for (protocol, t), rs in groups.items():
+        per_concept: dict[str, dict[str, Any]] = {}
+        for concept in dict.fromkeys(r["concept"] for r in rs):
+            present = [r for r in rs if r["concept"] == concept and _present(r)]
+            if present:
+                per_concept[concept] = {
+                    "dice": float(np.mean([float(r["dice"]) for r in present])),
+                    "iou": float(np.mean([float(r["iou"]) for r in present])),
+                    "images": len(present),
+                }
+        means = {
+            m: float(np.mean([v[m] for v in per_concept.values()])) if per_concept else math.nan
+            for m in ("dice", "iou")
+        }
+        out.append(
+            {
+                "protocol": protocol,
+                "threshold": t,
+                **means,
+                "per_concept": per_concept,
+                "false_positive_rate": _false_positive_rate(rs),
+                "n_absent": sum(not _present(r) for r in rs),
+            }
+        )
     return out
 
 
@@ -52,7 +110,7 @@ def best_thresholds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per (concept, protocol), over all modalities: the threshold with the highest mean Dice (ties: lowest)."""
     by: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by[(r["concept"], r["protocol"])][float(r["threshold"])].append(float(r["dice"]))
+        by[(r["concept"], r["protocol"])][float(r["threshold"])] += [float(r["dice"])] if _present(r) else []
     out = []
     for (concept, protocol), per_t in by.items():
         means = {t: summarize(v)["mean"] for t, v in sorted(per_t.items())}
@@ -170,7 +228,7 @@ SUMMARY_STATS = ("mean", "std", "median", "n")
 
 def summary_csv_columns() -> list[str]:
     """summary.csv: one row per (modality, concept, protocol, threshold); per metric mean, std, median, n."""
-    cols = ["modality", "concept", "protocol", "threshold", "n_cases", "n_present"]
+    cols = ["modality", "concept", "protocol", "threshold", "n_cases", "n_present", "false_positive_rate"]
     cols += [f"{m}_{stat}" for m in METRICS for stat in SUMMARY_STATS]
     return cols + ["hd95_n_inf"]
 
@@ -184,7 +242,9 @@ def write_summary_csv(summary: Sequence[Mapping[str, Any]], path: str | Path) ->
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for s in summary:
-            row: dict[str, Any] = {k: s[k] for k in columns[:6]}
+            row: dict[str, Any] = {k: s[k] for k in columns[:7]}
+            if math.isnan(row["false_positive_rate"]):
+                row["false_positive_rate"] = ""
             for m in METRICS:
                 for stat in SUMMARY_STATS:
                     v = s[m][stat]
@@ -223,6 +283,7 @@ def write_report(
         "n_evaluated": report.n_cases - len(report.failures),
         "n_rows": len(report.rows),
         "results": summary,
+        "concept_means": concept_means(report.rows),
         "best_thresholds": best,
         "coco_map": report.coco_map,
         "failures": report.failures,
@@ -230,6 +291,9 @@ def write_report(
             "hd95": "cases where exactly one of prediction/ground truth is empty have HD95 = inf; "
             "they are left out of the HD95 mean and counted in n_inf",
             "spacing_2d": "2D images without pixel spacing are scored at 1 mm per pixel",
+            "absent": "metrics are over the cases where the concept is present; absent cases (--include-absent) "
+            "count in false_positive_rate (a non-empty prediction)",
+            "concept_means": "per concept the mean over its present cases, then the mean over concepts",
         },
     }
     paths["summary"] = write_json(_json_safe(data), out / "summary.json")

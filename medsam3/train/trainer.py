@@ -313,7 +313,6 @@ class Trainer:
                     evaluate_metrics(
                         predictor,
                         self.val_set,
-                        self.device,
                         self.dist,
                         threshold=self.cfg.evaluation.threshold,
                         predictions_file=pred_file,

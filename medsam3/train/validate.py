@@ -1,11 +1,9 @@
-"""Validation: loss on the valid split and Dice/IoU per concept through the ``Predictor`` code path.
+"""Validation: loss on the valid split, and Dice/IoU per concept computed by ``medsam3.evaluation``.
 
-Each rank evaluates a strided shard of the validation images; sums are all-reduced, so every rank
-ends with the same numbers. Dice/IoU are computed per (image, concept present in it) on the union
-of the detections above ``threshold`` (``Detections.semantic_mask``) against the union of the
-ground-truth instances at the annotation size, then averaged per concept and over concepts.
-Absent concepts (the dataset's negatives for that image) are prompted too: ``false_positive_rate``
-is the fraction of them with any detection.
+The metrics are those of ``medsam3-evaluate --include-absent --protocol text`` on the same split
+(same reader, cases, images, model path and summary: :func:`medsam3.evaluation.concept_means`), so
+the number that picks ``best_model`` is the number evaluation reports for it. Under torchrun the
+evaluator shards the images and rank 0 summarises; the summary is sent to every rank.
 """
 
 from __future__ import annotations
@@ -14,14 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..data.coco import CocoConceptDataset
 from ..data.collate import collate  # the module, not the lazy package (whose `collate` may be the submodule)
-from ..data.transforms import load_rgb_image
-from ..evaluation.metrics import dice, iou
+from ..evaluation import EvalOptions, Evaluator, coco_set, concept_means
 from ..inference.predictor import Predictor
 from ..outputs import write_json
 from .distributed import DistInfo, all_reduce_sum
@@ -62,66 +57,36 @@ def evaluate_loss(
 def evaluate_metrics(
     predictor: Predictor,
     dataset: CocoConceptDataset,
-    device: torch.device,
     dist_info: DistInfo,
     threshold: float = 0.5,
     predictions_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Mean Dice/IoU per concept (and over concepts) and the false-positive rate on absent concepts."""
-    prompts = dataset.prompts
-    slot = {p: i for i, p in enumerate(prompts)}
-    # per concept: dice sum, iou sum, count; then absent prompts, absent with a detection
-    sums = torch.zeros(len(prompts) * 3 + 2, dtype=torch.float64)
-    records: list[dict[str, Any]] = []
-    for index in range(dist_info.rank, len(dataset), dist_info.world_size):
-        masks, absent = dataset.semantic_targets(index)
-        asked = list(masks) + absent
-        if not asked:
-            continue
-        image = np.array(load_rgb_image(dataset.image_path(index)))
-        predictor.set_image(image)
-        results = predictor.predict(asked, threshold=threshold)
-        for prompt, det in zip(asked, results):
-            pred = det.semantic_mask()
-            if prompt in masks:
-                gt = masks[prompt]
-                if pred.shape != gt.shape:  # image on disk differs from the annotation frame (warned at load)
-                    pred = np.asarray(Image.fromarray(pred).resize(gt.shape[::-1], Image.NEAREST))
-                k = slot[prompt]
-                sums[3 * k] += dice(pred, gt)
-                sums[3 * k + 1] += iou(pred, gt)
-                sums[3 * k + 2] += 1
-            else:
-                sums[-2] += 1
-                sums[-1] += float(len(det) > 0)
-            if predictions_file is not None:
-                records.append(
-                    {
-                        "image": str(dataset.image_path(index)),
-                        "prompt": prompt,
-                        "scores": det.scores.tolist(),
-                        "boxes_xyxy": det.boxes.tolist(),
-                    }
-                )
-    sums = all_reduce_sum(sums.to(device)).cpu()
-    per_concept = {}
-    for p, k in slot.items():
-        n = float(sums[3 * k + 2])
-        if n:
-            per_concept[p] = {"dice": float(sums[3 * k]) / n, "iou": float(sums[3 * k + 1]) / n, "images": int(n)}
-    out: dict[str, Any] = {
-        "dice": float(np.mean([v["dice"] for v in per_concept.values()])) if per_concept else float("nan"),
-        "iou": float(np.mean([v["iou"] for v in per_concept.values()])) if per_concept else float("nan"),
-        "per_concept": per_concept,
-        "false_positive_rate": float(sums[-1] / sums[-2]) if float(sums[-2]) else float("nan"),
-    }
-    if predictions_file is not None:
-        if dist_info.enabled:
-            import torch.distributed as dist
+    """Mean Dice/IoU per concept (and over concepts) and the false-positive rate on absent concepts.
 
-            gathered: list[Any] = [None] * dist_info.world_size
-            dist.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        if dist_info.is_main:
-            write_json(records, predictions_file)
-    return out
+    Every concept present in an image (with a mask) is scored there; every concept of the split
+    without an annotation on the image is asked too (``false_positive_rate``: any predicted pixel).
+    """
+    options = EvalOptions(protocols=("text",), thresholds=(threshold,), include_absent=True)
+    cases = coco_set(dataset.records, include_absent=True)
+    evaluator = Evaluator(predictor, options, None, keep_detections=predictions_file is not None)
+    report = evaluator.run(coco=cases, dist_info=dist_info)
+    summary: dict[str, Any] = {}
+    if report.is_main:
+        for failure in report.failures:
+            logger.warning("validation image %s not scored: %s", failure["case"], failure["reason"])
+        (means,) = concept_means(report.rows) or [{"dice": float("nan"), "iou": float("nan"), "per_concept": {}}]
+        summary = {
+            "dice": means["dice"],
+            "iou": means["iou"],
+            "per_concept": means["per_concept"],
+            "false_positive_rate": means.get("false_positive_rate", float("nan")),
+        }
+        if predictions_file is not None:
+            write_json([{k: v for k, v in d.items() if k != "protocol"} for d in report.detections], predictions_file)
+    if dist_info.enabled:  # every rank compares the same number with its best so far
+        import torch.distributed as dist
+
+        box = [summary]
+        dist.broadcast_object_list(box, src=0)
+        summary = box[0]
+    return summary

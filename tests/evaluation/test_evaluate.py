@@ -281,7 +281,9 @@ def test_end_to_end_2d_and_3d_reports_match_saved_predictions(tmp_path, tiny_con
     for row in rows:
         expected = recompute(out, row, coco_gt)
         assert_metrics_equal(row, expected)
-        groups[(row["modality"], row["concept"], row["protocol"], float(row["threshold"]))].append(expected)
+        groups[(row["modality"], row["concept"], row["protocol"], float(row["threshold"]))].append(
+            {**expected, "present": row["present"] == "1"}
+        )
     assert any(int(r["pred_size_px"]) > 0 for r in rows), "the test needs some non-empty predictions"
 
     results = summary["results"]
@@ -289,8 +291,12 @@ def test_end_to_end_2d_and_3d_reports_match_saved_predictions(tmp_path, tiny_con
     for entry in results:
         exp = groups[(entry["modality"], entry["concept"], entry["protocol"], entry["threshold"])]
         assert entry["n_cases"] == len(exp)
+        # means over the cases where the concept is present; absent ones give the false-positive rate
+        absent = [e for e in exp if not e["present"]]
+        fpr = sum(e["pred_size_px"] > 0 for e in absent) / len(absent) if absent else None
+        assert entry["false_positive_rate"] == fpr
         for metric in ("dice", "iou", "nsd", "hd95"):
-            s = summarize(e[metric] for e in exp)
+            s = summarize(e[metric] for e in exp if e["present"])
             assert entry[metric]["n"] == s["n"] and entry[metric]["n_inf"] == s["n_inf"]
             if s["n"]:
                 assert entry[metric]["mean"] == pytest.approx(s["mean"], abs=1e-12)

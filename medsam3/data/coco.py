@@ -59,10 +59,9 @@ from .coco_records import (
     concept_key,
     escapes_root,
     is_number,
-    verify_image,
 )
 from .layout import resolve_split
-from .transforms import AugmentConfig, augment, load_rgb_image, normalize_image, resize_image
+from .transforms import AugmentConfig, augment, image_size, load_rgb_image, normalize_image, resize_image
 
 __all__ = ["CocoConceptDataset", "ConceptQuery", "ConceptSample", "DatasetError"]
 
@@ -255,7 +254,7 @@ class CocoConceptDataset(Dataset):
             height, width = img.get("height"), img.get("width")
             if verify or not (is_number(height) and is_number(width)):
                 try:
-                    actual_h, actual_w = verify_image(path)
+                    actual_h, actual_w = image_size(path)
                 except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                     skip("images", f"image id={iid} file_name={file_name!r}: cannot be read ({err})")
                     continue

@@ -151,24 +151,6 @@ def _dataset_with_jpeg(tmp_path: Path, kit, resolution: int) -> CocoConceptDatas
     )
 
 
-def test_transparent_image_matches_processor(tmp_path):
-    rng = np.random.default_rng(1)
-    rgba = rng.integers(0, 256, size=(30, 40, 4), dtype=np.uint8)
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "overlay.png")
-    ours = np.asarray(load_rgb_image(tmp_path / "overlay.png"))
-    processor = Sam3ImageProcessor(size={"height": 30, "width": 40}, do_rescale=False, do_normalize=False)
-    theirs = processor(images=Image.open(tmp_path / "overlay.png"), return_tensors="pt").pixel_values[0]
-    assert np.abs(theirs.permute(1, 2, 0).numpy() - ours).max() <= 1
-
-
-def test_sixteen_bit_images_are_rescaled_not_clipped(tmp_path):
-    arr = np.linspace(0, 4000, 40 * 30, dtype=np.uint16).reshape(30, 40)
-    Image.fromarray(arr).save(tmp_path / "ct.png")
-    rgb = np.asarray(load_rgb_image(tmp_path / "ct.png"))
-    assert rgb.shape == (30, 40, 3)
-    assert rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb[..., 0])) > 200
-
-
 def test_collate_flattens_queries(roboflow_dir):
     ds = _dataset(roboflow_dir, num_negatives=1)
     samples = [ds[0], ds[1]]

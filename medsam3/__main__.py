@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"infer": "infer", "train": "train", "evaluate": "evaluate", "download": "download", "import": "import_dataset"}
+COMMANDS = {
+    "infer": "infer",
+    "train": "train",
+    "evaluate": "evaluate",
+    "download": "download",
+    "import": "import_dataset",
+}
 USAGE = f"usage: python -m medsam3 {{{','.join(COMMANDS)}}} [ARGS ...]   (COMMAND --help for each)\n"
 
 

@@ -51,7 +51,7 @@ def read_split_lists(path: str | Path) -> dict[str, list[str]]:
         raw = raw["splits"]
     aliases = {"val": "valid", "validation": "valid"}
     out: dict[str, list[str]] = {}
-    for key, cases in (raw.items() if isinstance(raw, dict) else []):
+    for key, cases in raw.items() if isinstance(raw, dict) else []:
         split = aliases.get(key, key)
         if split not in SPLITS or not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
             raise DatasetError(f"split file {p}: entry {key!r}. Fix: use train/valid/test -> lists of case names")

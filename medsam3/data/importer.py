@@ -94,7 +94,9 @@ def _categories(dataset: DatasetFolder, options: ImportOptions) -> list[_Categor
         synonyms = options.synonyms.get(name, options.synonyms.get(concept.name, []))
         cats.append(_Category(i, name, concept.name, concept.values, list(synonyms)))
     if len({c.name.lower() for c in cats}) < len(cats):
-        raise DatasetError(f"concept names {[c.name for c in cats]} repeat after renaming. Fix: rename to distinct names")
+        raise DatasetError(
+            f"concept names {[c.name for c in cats]} repeat after renaming. Fix: rename to distinct names"
+        )
     return cats
 
 
@@ -162,7 +164,9 @@ class _SplitWriter:
         self.counts: dict[str, dict[str, int]] = {c.name: {"images": 0, "instances": 0} for c in categories}
         self.negatives = 0
 
-    def add(self, file_name: str, height: int, width: int, record: dict[str, Any], labels2d: np.ndarray, semantic: bool):
+    def add(
+        self, file_name: str, height: int, width: int, record: dict[str, Any], labels2d: np.ndarray, semantic: bool
+    ):
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, "file_name": file_name, "height": height, "width": width, **record})
         found = False
@@ -175,7 +179,9 @@ class _SplitWriter:
             self.counts[cat.name]["images"] += 1
             self.counts[cat.name]["instances"] += len(anns)
             for ann in anns:
-                self.annotations.append({"id": len(self.annotations) + 1, "image_id": image_id, "category_id": cat.id, **ann})
+                self.annotations.append(
+                    {"id": len(self.annotations) + 1, "image_id": image_id, "category_id": cat.id, **ann}
+                )
         self.negatives += not found
 
     def write(self, source: Mapping[str, Any]) -> None:
@@ -184,7 +190,13 @@ class _SplitWriter:
             "images": self.images,
             "annotations": self.annotations,
             "categories": [
-                {"id": c.id, "name": c.name, "supercategory": "concept", "synonyms": c.synonyms, "source_values": list(c.values)}
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "supercategory": "concept",
+                    "synonyms": c.synonyms,
+                    "source_values": list(c.values),
+                }
                 for c in self.categories
             ],
         }
@@ -205,7 +217,9 @@ def _import_case(
         "source_file": source_file.relative_to(dataset.root).as_posix()
         if source_file.is_relative_to(dataset.root)
         else str(source_file),
-        "source_label": case.label.relative_to(dataset.root).as_posix() if case.label.is_relative_to(dataset.root) else str(case.label),
+        "source_label": case.label.relative_to(dataset.root).as_posix()
+        if case.label.is_relative_to(dataset.root)
+        else str(case.label),
         "intensity": image.intensity if isinstance(image, Image2D) else image.intensity_description,
     }
     for k, lab2d, volume in label_slices(image, labels):
@@ -295,7 +309,9 @@ def import_dataset(dataset_dir: str | Path, out_dir: str | Path, options: Import
                 writers[split] = _SplitWriter(tmp / split, cats)
         for case in tqdm(cases, desc=f"importing {dataset.name}", unit="case", disable=not options.progress or None):
             _import_case(dataset, case, channel, writers[split_of[case.name]], options)
-        source = {k: dataset.metadata.get(k) for k in ("name", "licence", "license", "reference") if k in dataset.metadata}
+        source = {
+            k: dataset.metadata.get(k) for k in ("name", "licence", "license", "reference") if k in dataset.metadata
+        }
         for writer in writers.values():
             writer.write(source)
         manifest = _manifest(dataset, options, cats, writers, channel)

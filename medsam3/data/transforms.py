@@ -45,6 +45,7 @@ __all__ = [
 
 _PIL_VERIFIABLE = frozenset({"png", "jpeg", "bmp"})
 
+
 def load_rgb_image(path: str | Path) -> Image.Image:
     """A stored image as the model's 8-bit RGB, through the function ``infer_sam.py`` uses.
 

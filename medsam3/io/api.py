@@ -87,9 +87,7 @@ def load_image2d(
             "use medsam3.io.load_volume(); is_volume_path() tells them apart",
         )
     if fmt in ("nifti", "itk"):
-        raise ImageReadError(
-            p, "is a volume, not a 2D image", "use medsam3.io.load_volume() and Volume.slices_rgb()"
-        )
+        raise ImageReadError(p, "is a volume, not a 2D image", "use medsam3.io.load_volume() and Volume.slices_rgb()")
     if fmt == "dicom":
         d = read_dicom_image(p)
         raw, spacing, meta = d.pixels, d.spacing, dict(d.meta)

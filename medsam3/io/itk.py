@@ -34,7 +34,9 @@ def read_itk(path: Path, volume_index: int | None = None) -> NiftiVolume:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ImageReadError(path, f"not a readable MetaImage/NRRD file ({exc})".splitlines()[0], "re-export it") from exc
+        raise ImageReadError(
+            path, f"not a readable MetaImage/NRRD file ({exc})".splitlines()[0], "re-export it"
+        ) from exc
     arr = sitk.GetArrayFromImage(img)  # (z, y, x[, components]) -> reversed below
     if img.GetNumberOfComponentsPerPixel() > 1:
         n = arr.shape[-1]

@@ -87,6 +87,10 @@ class DatasetCase:
     label: Path | None
     four_d: bool = False  # MSD: channels are the 4th axis of images[0]
 
+    @property
+    def case_id(self) -> str:
+        return self.name
+
 
 @dataclass
 class DatasetFolder:
@@ -171,7 +175,9 @@ def _parse_labels(raw: Any, where: Path) -> tuple[list[LabelConcept], frozenset[
 def _channel_names(meta: dict[str, Any], where: Path) -> list[str]:
     raw = meta.get("channel_names", meta.get("modality"))
     if not isinstance(raw, dict) or not raw:
-        raise _fail(where, "has no 'channel_names' (nnU-Net v2) or 'modality' (MSD)", 'add "channel_names": {"0": "CT"}')
+        raise _fail(
+            where, "has no 'channel_names' (nnU-Net v2) or 'modality' (MSD)", 'add "channel_names": {"0": "CT"}'
+        )
     try:
         ordered = sorted(raw.items(), key=lambda kv: int(kv[0]))
     except ValueError:
@@ -210,7 +216,9 @@ def _nnunet_cases(root: Path, channels: list[str], ending: str, is_2d: bool) -> 
                 )
             label = root / labels_dir / f"{name}{ending}" if name in labelled else None
             if subset == "imagesTr" and label is None:
-                raise _fail(root, f"case {name} has no label map {labels_dir}/{name}{ending}", "add it or remove the case")
+                raise _fail(
+                    root, f"case {name} has no label map {labels_dir}/{name}{ending}", "add it or remove the case"
+                )
             cases.append(DatasetCase(name, subset, tuple(files), label))
         stray = sorted(labelled - set(names))
         if stray:
@@ -234,7 +242,11 @@ def _msd_cases(root: Path, meta: dict[str, Any], n_channels: int) -> list[Datase
         cases.append(DatasetCase(_case_name(image, ".nii.gz"), "imagesTr", (image,), label, four_d=n_channels > 1))
     for i, entry in enumerate(meta.get("test") or []):
         image = _msd_path(root, entry.get("image") if isinstance(entry, dict) else entry, f"test[{i}]")
-        label = _msd_path(root, entry["label"], f"test[{i}].label") if isinstance(entry, dict) and entry.get("label") else None
+        label = (
+            _msd_path(root, entry["label"], f"test[{i}].label")
+            if isinstance(entry, dict) and entry.get("label")
+            else None
+        )
         cases.append(DatasetCase(_case_name(image, ".nii.gz"), "imagesTs", (image,), label, four_d=n_channels > 1))
     for case in cases:
         for path in (*case.images, case.label):
@@ -332,7 +344,9 @@ def read_case_labels(dataset: DatasetFolder, case: DatasetCase, image: Volume | 
         raise _fail(dataset.root, f"case {case.name} has no label map", "evaluate or import labelled cases only")
     data, affine = _read_label_array(case.label)
     if data.ndim == 3 and isinstance(image, Image2D):
-        raise _fail(case.label, f"case {case.name}: a colour or 3D label map {data.shape}", "save one integer per pixel")
+        raise _fail(
+            case.label, f"case {case.name}: a colour or 3D label map {data.shape}", "save one integer per pixel"
+        )
     shape = image.rgb.shape[:2] if isinstance(image, Image2D) else image.shape
     if tuple(data.shape) != tuple(shape):
         raise _fail(

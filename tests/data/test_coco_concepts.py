@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import Sam3ImageProcessor
 
-from medsam3.data import CocoConceptDataset, load_rgb_image, resolve_split
+from medsam3.data import CocoConceptDataset, resolve_split
 from medsam3.data.collate import collate
 
 M = 20  # target mask side used in these tests: pixel (x, y) of the 80x60 image -> (x / 4, y / 3)

@@ -58,7 +58,9 @@ def test_rgb_and_rgba_png_train_on_what_inference_sees(tmp_path):
     assert torch.equal(_trainer_input(tmp_path, "derm.png", (30, 40)), _as_model_input(rgb))
     rgba = rng.integers(0, 256, size=(30, 40, 4), dtype=np.uint8)
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "overlay.png")
-    assert np.array_equal(np.asarray(load_rgb_image(tmp_path / "overlay.png")), load_input(tmp_path / "overlay.png").image.rgb)
+    assert np.array_equal(
+        np.asarray(load_rgb_image(tmp_path / "overlay.png")), load_input(tmp_path / "overlay.png").image.rgb
+    )
 
 
 def test_dicom_listed_in_a_coco_set_is_read_like_inference(tmp_path):

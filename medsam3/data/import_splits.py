@@ -21,13 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .coco_records import DatasetError
+from ..errors import UserError
 
-__all__ = ["SPLITS", "assign_splits", "read_split_lists", "subject_of"]
+__all__ = ["SPLITS", "DatasetImportError", "assign_splits", "read_split_lists", "subject_of"]
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+
+
+class DatasetImportError(UserError):
+    """An import cannot go ahead as asked (options, split lists, output folder); nothing was written.
+
+    Defined here, not as :class:`medsam3.data.coco_records.DatasetError`, so that importing needs no torch.
+    """
 
 
 def subject_of(case: str, group: str | None) -> str:
@@ -46,7 +53,9 @@ def read_split_lists(path: str | Path) -> dict[str, list[str]]:
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"split file {p} cannot be read ({exc}). Fix: give a JSON file of case lists") from None
+        raise DatasetImportError(
+            f"split file {p} cannot be read ({exc}). Fix: give a JSON file of case lists"
+        ) from None
     if isinstance(raw, dict) and isinstance(raw.get("splits"), dict):
         raw = raw["splits"]
     aliases = {"val": "valid", "validation": "valid"}
@@ -54,10 +63,12 @@ def read_split_lists(path: str | Path) -> dict[str, list[str]]:
     for key, cases in raw.items() if isinstance(raw, dict) else []:
         split = aliases.get(key, key)
         if split not in SPLITS or not isinstance(cases, list) or not all(isinstance(c, str) for c in cases):
-            raise DatasetError(f"split file {p}: entry {key!r}. Fix: use train/valid/test -> lists of case names")
+            raise DatasetImportError(f"split file {p}: entry {key!r}. Fix: use train/valid/test -> lists of case names")
         out[split] = list(cases)
     if not out:
-        raise DatasetError(f"split file {p} names no split. Fix: {{'train': [...], 'valid': [...], 'test': [...]}}")
+        raise DatasetImportError(
+            f"split file {p} names no split. Fix: {{'train': [...], 'valid': [...], 'test': [...]}}"
+        )
     return out
 
 
@@ -95,13 +106,13 @@ def assign_splits(
         for split, listed in explicit.items():
             unknown = sorted(set(listed) - names)
             if unknown:
-                raise DatasetError(
+                raise DatasetImportError(
                     f"split list '{split}' names case(s) not in the dataset: {', '.join(unknown[:5])}. "
                     "Fix: use the case names of imagesTr/imagesTs"
                 )
             for c in listed:
                 if c in out and out[c] != split:
-                    raise DatasetError(f"case {c} is listed in both '{out[c]}' and '{split}'. Fix: list it once")
+                    raise DatasetImportError(f"case {c} is listed in both '{out[c]}' and '{split}'. Fix: list it once")
                 out[c] = split
         left = sorted(names - set(out))
         if left:
@@ -109,7 +120,7 @@ def assign_splits(
     else:
         for f in (valid_fraction, test_fraction):
             if not 0.0 <= f < 1.0:
-                raise DatasetError(f"split fraction {f} is outside [0, 1). Fix: e.g. --valid-fraction 0.1")
+                raise DatasetImportError(f"split fraction {f} is outside [0, 1). Fix: e.g. --valid-fraction 0.1")
         test_subjects = {subjects[c] for c, is_test in cases if is_test}
         pool = sorted({subjects[c] for c, _ in cases} - test_subjects)
         if test_subjects:
@@ -125,7 +136,7 @@ def assign_splits(
         splits_of[subjects[c]].add(split)
     leaking = sorted(s for s, used in splits_of.items() if len(used) > 1)
     if leaking:
-        raise DatasetError(
+        raise DatasetImportError(
             f"subject(s) {', '.join(leaking[:5])} would be in several splits ({sorted(splits_of[leaking[0]])}). "
             "Fix: list all cases of a subject in one split (or change --group)"
         )

@@ -41,8 +41,7 @@ from tqdm.auto import tqdm
 
 from ..io.api import Image2D
 from ..io.nnunet import DatasetCase, DatasetFolder, read_case_image, read_case_labels, read_dataset
-from .coco_records import DatasetError
-from .import_splits import SPLITS, assign_splits, read_split_lists
+from .import_splits import SPLITS, DatasetImportError, assign_splits, read_split_lists
 from .layout import ROBOFLOW_ANNOTATION_NAME
 
 __all__ = ["ImportOptions", "import_dataset", "label_slices"]
@@ -87,14 +86,14 @@ def _categories(dataset: DatasetFolder, options: ImportOptions) -> list[_Categor
     names = [c.name for c in dataset.concepts]
     for old in [*options.concept_renames, *options.synonyms]:
         if old not in names and old not in options.concept_renames.values():
-            raise DatasetError(f"no concept {old!r} in {dataset.root}. Fix: choose one of {names}")
+            raise DatasetImportError(f"no concept {old!r} in {dataset.root}. Fix: choose one of {names}")
     cats = []
     for i, concept in enumerate(dataset.concepts, start=1):
         name = options.concept_renames.get(concept.name, concept.name)
         synonyms = options.synonyms.get(name, options.synonyms.get(concept.name, []))
         cats.append(_Category(i, name, concept.name, concept.values, list(synonyms)))
     if len({c.name.lower() for c in cats}) < len(cats):
-        raise DatasetError(
+        raise DatasetImportError(
             f"concept names {[c.name for c in cats]} repeat after renaming. Fix: rename to distinct names"
         )
     return cats
@@ -109,13 +108,13 @@ def _select_cases(dataset: DatasetFolder, options: ImportOptions) -> list[Datase
         known = {c.name for c in cases}
         unknown = [c for c in options.cases if c not in known]
         if unknown:
-            raise DatasetError(f"no labelled case {unknown[0]!r} in {dataset.root}. Fix: use names from labelsTr")
+            raise DatasetImportError(f"no labelled case {unknown[0]!r} in {dataset.root}. Fix: use names from labelsTr")
         wanted = set(options.cases)
         cases = [c for c in cases if c.name in wanted]
     if options.limit is not None:
         cases = cases[: max(0, options.limit)]
     if not cases:
-        raise DatasetError(f"{dataset.root}: no labelled case to import. Fix: check --cases/--limit and labelsTr")
+        raise DatasetImportError(f"{dataset.root}: no labelled case to import. Fix: check --cases/--limit and labelsTr")
     return cases
 
 
@@ -270,9 +269,11 @@ def _manifest(dataset: DatasetFolder, options: ImportOptions, cats: list[_Catego
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not overwrite:
-        raise DatasetError(f"{out_dir} already exists. Fix: choose another folder, or pass --overwrite to replace it")
+        raise DatasetImportError(
+            f"{out_dir} already exists. Fix: choose another folder, or pass --overwrite to replace it"
+        )
     if out_dir.exists() and not out_dir.is_dir():
-        raise DatasetError(f"{out_dir} exists and is not a folder. Fix: choose another output folder")
+        raise DatasetImportError(f"{out_dir} exists and is not a folder. Fix: choose another output folder")
 
 
 def import_dataset(dataset_dir: str | Path, out_dir: str | Path, options: ImportOptions | None = None) -> dict:
@@ -281,7 +282,7 @@ def import_dataset(dataset_dir: str | Path, out_dir: str | Path, options: Import
     out_dir = Path(out_dir).expanduser()
     _check_target(out_dir, options.overwrite)
     if not 0.0 <= options.negative_share <= 1.0:
-        raise DatasetError(f"negative share {options.negative_share} is outside [0, 1]. Fix: e.g. 0.1")
+        raise DatasetImportError(f"negative share {options.negative_share} is outside [0, 1]. Fix: e.g. 0.1")
     dataset = read_dataset(dataset_dir)
     channel = dataset.channel_index(options.channel)
     cats = _categories(dataset, options)
@@ -332,12 +333,12 @@ def import_dataset(dataset_dir: str | Path, out_dir: str | Path, options: Import
 
 
 def parse_pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
-    """``["old=new", ...]`` -> ``{old: new}``; a malformed item is a :class:`DatasetError`."""
+    """``["old=new", ...]`` -> ``{old: new}``; a malformed item is a :class:`DatasetImportError`."""
     out: dict[str, str] = {}
     for item in items or []:
         old, sep, new = item.partition("=")
         if not sep or not old.strip() or not new.strip():
-            raise DatasetError(f"{what} {item!r} is not NAME=VALUE. Fix: e.g. --concept 'brain tumor=glioma'")
+            raise DatasetImportError(f"{what} {item!r} is not NAME=VALUE. Fix: e.g. --concept 'brain tumor=glioma'")
         out[" ".join(old.split())] = " ".join(new.split())
     return out
 

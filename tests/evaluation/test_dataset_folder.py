@@ -92,3 +92,35 @@ def test_cases_from_an_import_manifest(tmp_path, tiny_config, capsys):
     assert main(["--weights", "none", "-q", "--dataset", str(src), "--cases", str(tmp_path / "nope.txt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.txt" in err
+
+
+def test_2d_png_folder_dice_equals_hand_computation(tmp_path, tiny_config, capsys):
+    from PIL import Image
+
+    root = tmp_path / "Dataset912_Skin"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        rgb = rng.integers(0, 120, size=(40, 50, 3), dtype=np.uint8)
+        lab = np.zeros((40, 50), np.uint8)
+        lab[10 + i : 25, 12:30] = 1
+        rgb[lab == 1] = (200, 120, 90)
+        Image.fromarray(rgb).save(root / "imagesTr" / f"SK_{i}_0000.png")
+        Image.fromarray(lab).save(root / "labelsTr" / f"SK_{i}.png")
+    meta = {
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "lesion": 1},
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path / "eval"
+    args = ["--config", str(tiny_config), "--weights", "none", "-q", "--thresholds", "0.0", "--output-dir", str(out)]
+    assert main([*args, "--data-dir", str(root)]) == 0  # a --data-dir holding dataset.json is a dataset folder
+    rows = _rows(out)
+    assert sorted(r["case_id"] for r in rows) == ["SK_0", "SK_1"]
+    for row in rows:
+        gt = np.asarray(Image.open(root / "labelsTr" / f"{row['case_id']}.png")) == 1
+        pred = np.asarray(Image.open(out / row["prediction"])) > 0
+        assert float(row["dice"]) == pytest.approx(_hand_dice(pred, gt), abs=1e-12)
+    capsys.readouterr()

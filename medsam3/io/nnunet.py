@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,15 @@ def _nnunet_cases(root: Path, channels: list[str], ending: str, is_2d: bool) -> 
         images_dir = root / subset
         if not images_dir.is_dir():
             continue
-        names = sorted(
-            {_case_name(p, ending)[:-5] for p in images_dir.iterdir() if p.name.endswith(ending) and len(p.name) > 5}
-        )
+        files = sorted(p for p in images_dir.iterdir() if p.name.endswith(ending))
+        unsuffixed = [p.name for p in files if not re.search(r"_\d{4}$", _case_name(p, ending))]
+        if unsuffixed:
+            raise _fail(
+                root,
+                f"{subset}/{unsuffixed[0]} has no channel suffix _0000, _0001, ... before {ending}",
+                f"rename it to <case>_0000{ending} (nnU-Net v2 names one file per channel)",
+            )
+        names = sorted({_case_name(p, ending)[:-5] for p in files})
         labelled = {_case_name(p, ending) for p in (root / labels_dir).glob(f"*{ending}")}
         for name in names:
             files = [images_dir / f"{name}_{i:04d}{ending}" for i in range(len(channels))]

@@ -235,6 +235,10 @@ def test_empty_dataset_and_existing_output(tmp_path, capsys):
     )
     assert import_main([str(src), str(tmp_path / "o1"), "-q"]) == 2
     assert "holds no cases" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+    unsuffixed = _nnunet3d(tmp_path / "Dataset904_NoSuffix", {"A": {}})
+    (unsuffixed / "imagesTr" / "A_0000.nii.gz").rename(unsuffixed / "imagesTr" / "A.nii.gz")
+    assert import_main([str(unsuffixed), str(tmp_path / "o3"), "-q"]) == 2
+    assert "imagesTr/A.nii.gz has no channel suffix _0000" in capsys.readouterr().err
     good = _nnunet3d(tmp_path / "Dataset903_Ok", {"A": {}})
     (tmp_path / "o2").mkdir()
     (tmp_path / "o2" / "keep.txt").write_text("mine")
@@ -273,3 +277,44 @@ def test_msd_4d_channel_by_name_and_semantic_masks(tmp_path):
         assert im["slice_index"] == 1 and len(coco["annotations"]) == n_ann
         expected = load_volume(root / "imagesTr" / "case_0.nii.gz", volume_index=1).slice_rgb(1)
         assert np.array_equal(np.asarray(load_rgb_image(out / "train" / im["file_name"])), expected)
+
+
+def test_nrrd_dataset_imports_like_its_nifti_twin(tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(4, 14, 11)).astype(np.float32)  # (z, y, x)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[1, 2:6, 3:9] = 1
+    labels[2, 8:12, 1:4] = 2
+    roots = {}
+    for ending in (".nrrd", ".nii.gz"):
+        root = tmp_path / f"Dataset92{len(roots)}_{ending.strip('.').replace('.', '')}"
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        for array, path in ((image, root / "imagesTr" / f"C_0000{ending}"), (labels, root / "labelsTr" / f"C{ending}")):
+            img = sitk.GetImageFromArray(array)
+            img.SetSpacing((0.8, 0.8, 3.0))
+            img.SetDirection((1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+            sitk.WriteImage(img, str(path))
+        meta = {"channel_names": {"0": "MR"}, "labels": {"background": 0, "a": 1, "b": 2}, "file_ending": ending}
+        (root / "dataset.json").write_text(json.dumps(meta))
+        out = tmp_path / f"out{len(roots)}"
+        assert import_main([str(root), str(out), "--negative-share", "0", "-q"]) == 0
+        roots[ending] = _coco(out, "train"), out
+    (nrrd, nrrd_out), (nifti, nifti_out) = roots[".nrrd"], roots[".nii.gz"]
+    assert [im["slice_index"] for im in nrrd["images"]] == [1, 2]
+
+    def exact(items: list[dict]) -> list[dict]:
+        return [{k: v for k, v in d.items() if not k.startswith("source") and "spacing" not in k} for d in items]
+
+    for key in ("images", "annotations"):
+        assert exact(nrrd[key]) == exact(nifti[key])
+    for a, b in zip(nrrd["images"], nifti["images"]):  # NIfTI stores spacing as float32
+        assert a["pixel_spacing"] == pytest.approx(b["pixel_spacing"]) and a["slice_spacing"] == pytest.approx(
+            b["slice_spacing"]
+        )
+    for im in nrrd["images"]:
+        assert np.array_equal(
+            np.asarray(Image.open(nrrd_out / "train" / im["file_name"])),
+            np.asarray(Image.open(nifti_out / "train" / im["file_name"])),
+        )

@@ -119,10 +119,10 @@ def _select_cases(dataset: DatasetFolder, options: ImportOptions) -> list[Datase
 
 
 def label_slices(image: Any, labels: np.ndarray):
-    """Yield ``(slice_index, label map in display orientation, rgb or None)`` of a case.
+    """Yield ``(slice_index, label map in display orientation, volume or None)`` of a case.
 
     Volumes: every slice along :data:`SLICE_AXIS`, oriented exactly as ``Volume.slice_rgb`` shows it.
-    2D images: the label map itself, index 0, no rgb (the file is copied).
+    2D images: the label map itself, index 0, and None (the file is copied, not sliced).
     """
     if isinstance(image, Image2D):
         yield 0, labels, None
@@ -133,8 +133,9 @@ def label_slices(image: Any, labels: np.ndarray):
 
 
 def _annotations(mask: np.ndarray, semantic: bool) -> list[dict[str, Any]]:
-    parts = [mask] if semantic else []
-    if not semantic:
+    if semantic:
+        parts = [mask]
+    else:
         components, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
         parts = [components == i for i in range(1, n + 1)]
     out = []
@@ -202,6 +203,11 @@ class _SplitWriter:
         (self.folder / ROBOFLOW_ANNOTATION_NAME).write_text(json.dumps(coco), encoding="utf-8")
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the dataset folder when inside it (MSD lists may point elsewhere)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
 def _import_case(
     dataset: DatasetFolder, case: DatasetCase, channel: int, writer: _SplitWriter, options: ImportOptions
 ) -> None:
@@ -213,14 +219,11 @@ def _import_case(
     base = {
         "source_case": case.name,
         "source_subset": case.subset,
-        "source_file": source_file.relative_to(dataset.root).as_posix()
-        if source_file.is_relative_to(dataset.root)
-        else str(source_file),
-        "source_label": case.label.relative_to(dataset.root).as_posix()
-        if case.label.is_relative_to(dataset.root)
-        else str(case.label),
+        "source_file": _relative(source_file, dataset.root),
+        "source_label": _relative(case.label, dataset.root),
         "intensity": image.intensity if isinstance(image, Image2D) else image.intensity_description,
     }
+    geo = None if isinstance(image, Image2D) else image.slice_geometry(SLICE_AXIS)
     for k, lab2d, volume in label_slices(image, labels):
         positive = bool(np.isin(lab2d, concept_values).any())
         draw = rng.random()  # drawn for every slice, so the choice does not depend on other slices
@@ -233,7 +236,6 @@ def _import_case(
         else:
             file_name = f"{case.name}_z{k:04d}.png"
             Image.fromarray(volume.slice_rgb(k, SLICE_AXIS)[..., 0]).save(writer.folder / file_name)
-            geo = volume.slice_geometry(SLICE_AXIS)
             rows, cols = (geo.in_plane[1], geo.in_plane[0]) if geo.transpose else geo.in_plane
             record = {
                 **base,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,7 @@ def _nnunet_cases(root: Path, channels: list[str], ending: str, is_2d: bool) -> 
 def _msd_path(root: Path, entry: Any, where: str) -> Path:
     if not isinstance(entry, str) or not entry:
         raise _fail(root / "dataset.json", f"{where}: expected a file path, got {entry!r}", "fix the entry")
-    return (root / entry).resolve()
+    return Path(os.path.normpath(root / entry))
 
 
 def _msd_cases(root: Path, meta: dict[str, Any], n_channels: int) -> list[DatasetCase]:

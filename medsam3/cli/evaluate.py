@@ -231,8 +231,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()
     if folder is not None:
+        from ..evaluation import EvaluationError
         from ..evaluation.folder_protocol import DatasetFolderEvaluator
 
+        if dist_info.enabled:
+            raise EvaluationError("a dataset folder (--dataset) is evaluated in one process; run it without torchrun")
         report = DatasetFolderEvaluator(predictor, options, out_dir).run_folder(folder)
     else:
         report = Evaluator(predictor, options, out_dir).run(coco=coco, volumes=volumes, dist_info=dist_info)

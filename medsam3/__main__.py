@@ -1,7 +1,7 @@
 """``python -m medsam3 COMMAND ...``: the console scripts without installing them.
 
 Commands: infer (infer_sam.py), train (train_sam3_lora_native.py), evaluate (scripts/evaluate.py),
-download (medsam3-download).
+download (medsam3-download), import (medsam3-import).
 """
 
 from __future__ import annotations
@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"infer": "infer", "train": "train", "evaluate": "evaluate", "download": "download"}
+COMMANDS = {
+    "infer": "infer",
+    "train": "train",
+    "evaluate": "evaluate",
+    "download": "download",
+    "import": "import_dataset",
+}
 USAGE = f"usage: python -m medsam3 {{{','.join(COMMANDS)}}} [ARGS ...]   (COMMAND --help for each)\n"
 
 

@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   # 3D: NIfTI volumes + label maps matched by file name, labels named by a mapping file
   python scripts/evaluate.py --image-dir imagesTs --label-dir labelsTs --label-prompts labels.json \\
       --thresholds 0.3 0.5 0.8 --output-dir eval_ct/
+  # an nnU-Net / MSD folder, on the test cases of an import (medsam3-import wrote the manifest)
+  medsam3-evaluate --dataset Dataset103_BraTS2013 --cases data/brats/manifest.json:test --output-dir eval_brats/
 exit codes: 0 all cases evaluated, 1 some cases failed (listed in summary.json), 2 bad arguments,
 config, weights or data set description."""
 
@@ -64,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     d2.add_argument(
         "--coco-map", action="store_true", help="COCO instance metrics (segm AP, AP50) of the detections, 2D sets only"
     )
+
+    dn = p.add_argument_group("nnU-Net / MSD dataset folder (3D metrics per case on the volumes)")
+    dn.add_argument("--dataset", metavar="DIR", help="folder holding dataset.json (also accepted as --data-dir)")
+    dn.add_argument(
+        "--cases", metavar="FILE", help="only these cases: one name per line, or OUT_DIR/manifest.json:test"
+    )
+    dn.add_argument("--channel", help="channel index or name (default: the manifest's, else the first)")
 
     d3 = p.add_argument_group("3D set (volumes + label maps)")
     d3.add_argument(
@@ -174,11 +183,28 @@ def _datasets(args: argparse.Namespace):
     return coco, volumes
 
 
+def _dataset_folder(args: argparse.Namespace):
+    """The nnU-Net / MSD folder to evaluate (``--dataset``, or a ``--data-dir`` holding dataset.json), or None."""
+    from ..evaluation import EvaluationError
+    from ..evaluation.dataset_folder import is_dataset_folder, load_folder_cases
+
+    root = args.dataset or (args.data_dir if is_dataset_folder(args.data_dir) else None)
+    if root is None:
+        if args.cases or args.channel:
+            raise EvaluationError("--cases and --channel need a dataset folder (--dataset DIR)")
+        return None
+    if args.coco or args.volumes or args.image_dir or (args.dataset and args.data_dir):
+        raise EvaluationError("evaluate a dataset folder on its own (no --coco, --data-dir, --volumes, --image-dir)")
+    return load_folder_cases(root, args.cases, args.channel)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalOptions
 
     cfg = load_config(args.config, args.set)
-    coco, volumes = _datasets(args)  # fail on a bad data description before loading gigabytes of model
+    folder = _dataset_folder(args)
+    # fail on a bad data description before loading gigabytes of model
+    coco, volumes = _datasets(args) if folder is None else (None, None)
     from ..adapters.plan import plan_run
 
     # Model, adapter, device and hub state decided once (adapter refused? something not cached? said before torch).
@@ -208,7 +234,15 @@ def run(args: argparse.Namespace) -> int:
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()
-    report = Evaluator(predictor, options, out_dir).run(coco=coco, volumes=volumes, dist_info=dist_info)
+    if folder is not None:
+        from ..evaluation import EvaluationError
+        from ..evaluation.folder_protocol import DatasetFolderEvaluator
+
+        if dist_info.enabled:
+            raise EvaluationError("a dataset folder (--dataset) is evaluated in one process; run it without torchrun")
+        report = DatasetFolderEvaluator(predictor, options, out_dir).run_folder(folder)
+    else:
+        report = Evaluator(predictor, options, out_dir).run(coco=coco, volumes=volumes, dist_info=dist_info)
     if not report.is_main:
         barrier()  # exit only after rank 0 has written the report (torchrun stops ranks when one exits)
         return 0
@@ -218,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
         "model": cfg.model.name,
         "adapter": getattr(predictor, "adapter_origin", None),
         "coco": str(coco.annotation_file) if coco else None,
+        "dataset": str(folder.dataset.root) if folder else None,
+        "cases": args.cases,
         "label_prompts": {str(k): v for k, v in volumes.label_prompts.items()} if volumes else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }

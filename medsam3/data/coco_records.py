@@ -57,6 +57,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..errors import InputNotFoundError, UserError
+from ..io.api import load_image2d
+from ..io.formats import detect_format
 
 if TYPE_CHECKING:  # the query types name tensors; reading a split needs no torch (checked before it loads)
     import torch
@@ -169,6 +171,24 @@ def verify_image(path: Path) -> tuple[int, int]:
             img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
         img.load()
     return height, width
+
+
+_PIL_VERIFIABLE = frozenset({"png", "jpeg", "bmp"})
+
+
+def image_size(path: Path, verify: bool = True) -> tuple[int, int]:
+    """(height, width) of a stored image; with ``verify``, after checking that it decodes.
+
+    PNG/JPEG/BMP: Pillow (a cheap verify); other formats (DICOM, 16-bit TIFF) are read once through
+    :mod:`medsam3.io`, as training and inference read them, so what the trainer lists it can read.
+    """
+    if detect_format(path) in _PIL_VERIFIABLE:
+        if verify:
+            return verify_image(path)
+        with Image.open(path) as img:
+            return img.height, img.width
+    height, width = load_image2d(path, log_level=logging.DEBUG).rgb.shape[:2]
+    return int(height), int(width)
 
 
 def clean_annotation(source: Path, ann: dict[str, Any], rec: ImageRecord) -> dict[str, Any] | str:
@@ -414,11 +434,7 @@ def _image_size(path: Path, entry: dict[str, Any], verify: bool) -> tuple[int, i
     if given and not verify:
         return int(height), int(width)
     try:
-        if verify:
-            actual = verify_image(path)
-        else:
-            with Image.open(path) as img:
-                actual = (img.height, img.width)
+        actual = image_size(path, verify)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"cannot be read ({err})"
     if given and (int(height), int(width)) != actual:

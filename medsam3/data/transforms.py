@@ -1,5 +1,8 @@
 """Image preprocessing identical to ``Sam3ImageProcessor`` and optional train-time augmentation.
 
+Stored images become RGB through :mod:`medsam3.io`, the readers and intensity windows inference
+uses (:func:`load_rgb_image`), so training and ``infer_sam.py`` feed the model the same pixels.
+
 Why re-implement the processor: the dataset runs in DataLoader workers on one image at a time and
 needs the resized uint8 image before normalisation (to augment it). The steps are the processor's
 own: RGB conversion, ``torchvision`` bilinear resize with antialias on the uint8 tensor to
@@ -12,6 +15,7 @@ draw moves the image (``resolution``), the masks (``mask_resolution``) and the b
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +30,8 @@ from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 
+from ..io.api import load_image2d
+
 __all__ = [
     "AugmentConfig",
     "augment",
@@ -34,29 +40,16 @@ __all__ = [
     "resize_image",
 ]
 
-_HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
 
 def load_rgb_image(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB, the way the SAM3 processor converts it.
+    """A stored image as the model's 8-bit RGB, through the function ``infer_sam.py`` uses.
 
-    Transparency is composited onto white (as ``transformers``' ``convert_to_rgb`` does). 16-bit and
-    float images (common for medical PNG/TIFF) are min-max scaled to 0..255 first: PIL's own
-    ``convert("RGB")`` would clip everything above 255 to white.
+    :func:`medsam3.io.load_image2d` chooses the intensity mapping from the file (CT DICOM -> HU
+    window, 16-bit/float and MR/US -> percentile scaling, 8-bit grey or RGB unchanged, transparency
+    composited over black), so a model is trained on exactly the pixels it is later shown. It reads
+    every 2D format inference reads (PNG, JPEG, BMP, TIFF, DICOM).
     """
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in _HIGH_BIT_MODES:
-            arr = np.asarray(img, dtype=np.float64)
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-            scale = 255.0 / (hi - lo) if hi > lo else 0.0
-            arr = np.nan_to_num((arr - lo) * scale).clip(0, 255).astype(np.uint8)
-            return Image.fromarray(arr).convert("RGB")
-        if "A" in img.getbands() or img.info.get("transparency") is not None:
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
+    return Image.fromarray(load_image2d(path, log_level=logging.DEBUG).rgb)
 
 
 def resize_image(image: Image.Image, resolution: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .dicom_volume import dicom_frame_count, read_dicom_multiframe, read_dicom_s
 from .errors import ImageReadError
 from .formats import RASTER_FORMATS, check_exists, detect_format
 from .images import AlphaMode, read_raster
+from .itk import read_itk
 from .nifti import read_nifti
 from .volume import Volume
 from .windows import WindowSpec, choose_intensity, looks_like_hu, parse_window
@@ -58,7 +59,9 @@ def _to_rgb(gray_or_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(gray_or_rgb[..., :3])
 
 
-def load_image2d(path: PathLikeStr, window: WindowSpec = None, *, alpha: AlphaMode = "composite") -> Image2D:
+def load_image2d(
+    path: PathLikeStr, window: WindowSpec = None, *, alpha: AlphaMode = "composite", log_level: int = logging.INFO
+) -> Image2D:
     """Read a 2D image (PNG/JPEG/BMP/TIFF, single-frame DICOM) and map it to uint8 RGB.
 
     Args:
@@ -68,6 +71,8 @@ def load_image2d(path: PathLikeStr, window: WindowSpec = None, *, alpha: AlphaMo
             ("lung", "bone", ...), "percentile", "dicom" (the file's own window),
             or a (level, width) tuple.
         alpha: RGBA inputs: "composite" over black (default) or "drop" the alpha channel.
+        log_level: of the line saying how intensities were mapped (DEBUG where a loop reads many
+            images, e.g. the training data loader).
 
     Raises:
         ImageReadError (or a subclass) naming the path, the problem and the fix.
@@ -81,10 +86,8 @@ def load_image2d(path: PathLikeStr, window: WindowSpec = None, *, alpha: AlphaMo
             "is a folder (a DICOM series is a volume), not a 2D image",
             "use medsam3.io.load_volume(); is_volume_path() tells them apart",
         )
-    if fmt == "nifti":
-        raise ImageReadError(
-            p, "is a NIfTI volume, not a 2D image", "use medsam3.io.load_volume() and Volume.slices_rgb()"
-        )
+    if fmt in ("nifti", "itk"):
+        raise ImageReadError(p, "is a volume, not a 2D image", "use medsam3.io.load_volume() and Volume.slices_rgb()")
     if fmt == "dicom":
         d = read_dicom_image(p)
         raw, spacing, meta = d.pixels, d.spacing, dict(d.meta)
@@ -111,7 +114,7 @@ def load_image2d(path: PathLikeStr, window: WindowSpec = None, *, alpha: AlphaMo
         raise ImageReadError(p, f"unexpected format {fmt}")
     rgb = _to_rgb(mapping.apply(raw))
     meta.update(format_detected=fmt, intensity_kind=mapping.kind)
-    logger.info("%s: %s", p, mapping.description)
+    logger.log(log_level, "%s: %s", p, mapping.description)
     return Image2D(rgb=rgb, raw=raw, spacing=spacing, intensity=mapping.description, meta=meta, path=p)
 
 
@@ -131,7 +134,8 @@ def load_volume(
     modality: str | None = None,
     series_uid: str | None = None,
 ) -> Volume:
-    """Read a 3D volume: NIfTI (.nii/.nii.gz, 3D or one volume of a 4D file),
+    """Read a 3D volume: NIfTI (.nii/.nii.gz, 3D or one volume of a 4D file), MetaImage/NRRD
+    (.mha/.mhd/.nrrd/.nhdr, with SimpleITK),
     a DICOM series folder, or a (multi-frame) DICOM file.
 
     Args:
@@ -151,8 +155,8 @@ def load_volume(
         )
     modality_source = "argument" if modality else None
     header = None
-    if fmt == "nifti":
-        nv = read_nifti(p, volume_index)
+    if fmt in ("nifti", "itk"):
+        nv = read_nifti(p, volume_index) if fmt == "nifti" else read_itk(p, volume_index)
         data, affine, spacing, meta, header = nv.data, nv.affine, nv.spacing, nv.meta, nv.header
         invert, file_window, file_modality = False, None, None
     else:
@@ -219,7 +223,7 @@ def is_volume_path(path: PathLikeStr) -> bool:
         return False
     try:
         fmt = detect_format(p)
-        if fmt == "nifti":
+        if fmt in ("nifti", "itk"):
             return True
         if fmt == "dicom":
             return dicom_frame_count(p) > 1

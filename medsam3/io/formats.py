@@ -13,7 +13,7 @@ from typing import Literal
 
 from .errors import ImageNotFoundError, ImageReadError, UnsupportedFormatError
 
-Format = Literal["png", "jpeg", "bmp", "tiff", "dicom", "nifti", "dicom_dir"]
+Format = Literal["png", "jpeg", "bmp", "tiff", "dicom", "nifti", "itk", "dicom_dir"]
 
 RASTER_FORMATS: frozenset[str] = frozenset({"png", "jpeg", "bmp", "tiff"})
 
@@ -33,13 +33,13 @@ _EXTENSIONS: dict[str, Format] = {
     ".ima": "dicom",
     ".nii": "nifti",
     ".nii.gz": "nifti",
+    ".mha": "itk",  # MetaImage and NRRD volumes, read by SimpleITK (medsam3.io.itk)
+    ".mhd": "itk",
+    ".nrrd": "itk",
+    ".nhdr": "itk",
 }
 # Formats people will try; tell them what to do instead of a bare "unsupported".
 _KNOWN_UNSUPPORTED: dict[str, str] = {
-    ".mha": "MetaImage",
-    ".mhd": "MetaImage",
-    ".nrrd": "NRRD",
-    ".nhdr": "NRRD",
     ".mgz": "FreeSurfer MGH",
     ".mgh": "FreeSurfer MGH",
     ".hdr": "Analyze/NIfTI pair",

@@ -68,6 +68,17 @@ class SliceGeometry:
     def display_shape(self) -> tuple[int, int]:
         return (self.voxel_shape[1], self.voxel_shape[0]) if self.transpose else self.voxel_shape
 
+    def voxel_slice(self, volume: np.ndarray, index: int) -> np.ndarray:
+        """``np.take(volume, index, axis)`` as a view: no copy of the volume (np.take copies a
+        Fortran-ordered NIfTI array whole for every slice, ~0.2 s for a 240x240x155 volume)."""
+        where: list = [slice(None)] * np.ndim(volume)
+        where[self.axis] = index
+        return np.asarray(volume)[tuple(where)]
+
+    def display_slice(self, volume: np.ndarray, index: int) -> np.ndarray:
+        """Slice ``index`` of a volume on this grid (intensities or labels), in display orientation."""
+        return self.to_display(self.voxel_slice(volume, index))
+
     def to_display(self, voxel_slice: np.ndarray) -> np.ndarray:
         """Voxel slice (optionally with trailing channels) -> display orientation."""
         x = np.asarray(voxel_slice)
@@ -207,7 +218,7 @@ class Volume:
         n = self.data.shape[geo.axis]
         if not -n <= index < n:
             raise IndexError(f"slice {index} out of range for {n} slices along axis {geo.axis}")
-        return geo.to_display(np.take(self.data, index, axis=geo.axis))
+        return geo.display_slice(self.data, index)
 
     def slice_rgb(self, index: int, axis: int = -1, reorient: bool = True) -> np.ndarray:
         """One model-ready slice: uint8 (H, W, 3) with the volume's intensity mapping."""

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import Sam3ImageProcessor
 
-from medsam3.data import CocoConceptDataset, load_rgb_image, resolve_split
+from medsam3.data import CocoConceptDataset, resolve_split
 from medsam3.data.collate import collate
 
 M = 20  # target mask side used in these tests: pixel (x, y) of the 80x60 image -> (x / 4, y / 3)
@@ -149,24 +148,6 @@ def _dataset_with_jpeg(tmp_path: Path, kit, resolution: int) -> CocoConceptDatas
     return CocoConceptDataset(
         spec.write(tmp_path / "ann.json"), tmp_path / "imgs", resolution=resolution, mask_resolution=M
     )
-
-
-def test_transparent_image_matches_processor(tmp_path):
-    rng = np.random.default_rng(1)
-    rgba = rng.integers(0, 256, size=(30, 40, 4), dtype=np.uint8)
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "overlay.png")
-    ours = np.asarray(load_rgb_image(tmp_path / "overlay.png"))
-    processor = Sam3ImageProcessor(size={"height": 30, "width": 40}, do_rescale=False, do_normalize=False)
-    theirs = processor(images=Image.open(tmp_path / "overlay.png"), return_tensors="pt").pixel_values[0]
-    assert np.abs(theirs.permute(1, 2, 0).numpy() - ours).max() <= 1
-
-
-def test_sixteen_bit_images_are_rescaled_not_clipped(tmp_path):
-    arr = np.linspace(0, 4000, 40 * 30, dtype=np.uint16).reshape(30, 40)
-    Image.fromarray(arr).save(tmp_path / "ct.png")
-    rgb = np.asarray(load_rgb_image(tmp_path / "ct.png"))
-    assert rgb.shape == (30, 40, 3)
-    assert rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb[..., 0])) > 200
 
 
 def test_collate_flattens_queries(roboflow_dir):

@@ -69,7 +69,7 @@ def test_truncated_png_and_gzip(tmp_path):
         load_volume(nii)
 
 
-@pytest.mark.parametrize("name", ["scan.xyz", "scan.mha", "noextension"])
+@pytest.mark.parametrize("name", ["scan.xyz", "scan.mgz", "noextension"])
 def test_unsupported_extension(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(RANDOM)
@@ -77,8 +77,8 @@ def test_unsupported_extension(tmp_path, name):
         read_rgb(path)
     message = str(info.value)
     assert str(path) in message and ".png" in message  # lists what is supported
-    if name.endswith(".mha"):
-        assert "MetaImage" in message and "NIfTI" in message
+    if name.endswith(".mgz"):
+        assert "FreeSurfer" in message and "NIfTI" in message
     assert not is_volume_path(path)
 
 

@@ -1,0 +1,126 @@
+"""medsam3-evaluate on an nnU-Net dataset folder: per-case Dice equals a hand computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medsam3.cli.evaluate import main
+from medsam3.cli.import_dataset import main as import_main
+
+AFFINE = np.array([[-0.9, 0, 0, 10.0], [0, 0.8, 0, -5.0], [0, 0, 2.5, 3.0], [0, 0, 0, 1]])
+LABELS = {"background": 0, "liver": 1, "tumor": 2, "liver and tumor": [1, 2]}
+
+
+def _dataset(root: Path, n_cases: int = 3, bad_case: str | None = None) -> Path:
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n_cases):
+        name = f"LIV_{i:03d}"
+        image = rng.normal(100, 20, size=(24, 20, 3)).astype(np.float32)
+        lab = np.zeros(image.shape, np.uint8)
+        lab[4 + i : 14, 3:12, 0:2] = 1
+        lab[8:11, 5:8, 1] = 2
+        image[lab > 0] += 80
+        if name == bad_case:
+            lab[0, 0, 0] = 9  # a value dataset.json does not name
+        nib.save(nib.Nifti1Image(image, AFFINE), root / "imagesTr" / f"{name}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, AFFINE), root / "labelsTr" / f"{name}.nii.gz")
+    meta = {"channel_names": {"0": "MR"}, "labels": LABELS, "file_ending": ".nii.gz", "name": "Liver"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "per_case.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _hand_dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    total = int(pred.sum()) + int(gt.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
+
+
+def test_per_case_dice_equals_hand_computation(tmp_path, tiny_config, capsys):
+    src = _dataset(tmp_path / "Dataset910_Liver", bad_case="LIV_002")
+    out = tmp_path / "eval"
+    args = ["--config", str(tiny_config), "--weights", "none", "-q", "--thresholds", "0.0", "--output-dir", str(out)]
+    rc = main([*args, "--dataset", str(src)])
+    assert rc == 1  # LIV_002 fails (unknown label value), the others count
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["case"] for f in summary["failures"]] == ["LIV_002"]
+    assert "label value(s) [9]" in summary["failures"][0]["reason"]
+    rows = _rows(out)
+    assert {(r["case_id"], r["concept"]) for r in rows} == {
+        (c, k) for c in ("LIV_000", "LIV_001") for k in ("liver", "tumor", "liver and tumor")
+    }
+    values = {k: v if isinstance(v, list) else [v] for k, v in LABELS.items()}
+    dices = set()
+    for row in rows:
+        labels = np.asarray(nib.load(src / "labelsTr" / f"{row['case_id']}.nii.gz").dataobj)
+        gt = np.isin(labels, values[row["concept"]])  # a region is the union of its values
+        pred_img = nib.load(out / row["prediction"])
+        np.testing.assert_allclose(pred_img.affine, AFFINE)
+        pred = np.asarray(pred_img.dataobj) > 0
+        assert int(row["gt_size_px"]) == int(gt.sum()) and int(row["pred_size_px"]) == int(pred.sum())
+        assert float(row["dice"]) == pytest.approx(_hand_dice(pred, gt), abs=1e-12)
+        dices.add(round(float(row["dice"]), 6))
+    assert len(dices) > 1  # the predictions are not all empty or all equal: the check has teeth
+    capsys.readouterr()
+
+
+def test_cases_from_an_import_manifest(tmp_path, tiny_config, capsys):
+    src = _dataset(tmp_path / "Dataset911_Liver", n_cases=4)
+    imported = tmp_path / "imported"
+    assert import_main([str(src), str(imported), "--concept", "liver=hepar", "--test-fraction", "0.25", "-q"]) == 0
+    test_cases = json.loads((imported / "manifest.json").read_text())["splits"]["test"]
+    out = tmp_path / "eval"
+    rc = main(
+        ["--config", str(tiny_config), "--weights", "none", "-q", "--data-dir", str(src),
+         "--cases", f"{imported / 'manifest.json'}:test", "--output-dir", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    rows = _rows(out)
+    assert sorted({r["case_id"] for r in rows}) == sorted(test_cases)
+    assert {r["concept"] for r in rows} == {"hepar", "tumor", "liver and tumor"}  # the manifest's names
+    assert main(["--weights", "none", "-q", "--dataset", str(src), "--cases", str(tmp_path / "nope.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.txt" in err
+
+
+def test_2d_png_folder_dice_equals_hand_computation(tmp_path, tiny_config, capsys):
+    from PIL import Image
+
+    root = tmp_path / "Dataset912_Skin"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        rgb = rng.integers(0, 120, size=(40, 50, 3), dtype=np.uint8)
+        lab = np.zeros((40, 50), np.uint8)
+        lab[10 + i : 25, 12:30] = 1
+        rgb[lab == 1] = (200, 120, 90)
+        Image.fromarray(rgb).save(root / "imagesTr" / f"SK_{i}_0000.png")
+        Image.fromarray(lab).save(root / "labelsTr" / f"SK_{i}.png")
+    meta = {
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "lesion": 1},
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path / "eval"
+    args = ["--config", str(tiny_config), "--weights", "none", "-q", "--thresholds", "0.0", "--output-dir", str(out)]
+    assert main([*args, "--data-dir", str(root)]) == 0  # a --data-dir holding dataset.json is a dataset folder
+    rows = _rows(out)
+    assert sorted(r["case_id"] for r in rows) == ["SK_0", "SK_1"]
+    for row in rows:
+        gt = np.asarray(Image.open(root / "labelsTr" / f"{row['case_id']}.png")) == 1
+        pred = np.asarray(Image.open(out / row["prediction"])) > 0
+        assert float(row["dice"]) == pytest.approx(_hand_dice(pred, gt), abs=1e-12)
+    capsys.readouterr()

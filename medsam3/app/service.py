@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..inference.batch import InferenceOptions, write_volume_outputs
+from ..inference.dicom_export import auto_dicom_export, image_dicom_outputs
 from ..inference.inputs import LoadedInput, load_input
 from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
 from ..inference.volume import VolumeSegmentation, resolve_axis, segment_volume
@@ -267,6 +268,7 @@ class AppService:
     ):
         self.predictor = predictor
         self.adapter = getattr(predictor, "adapter_origin", None)
+        self.base_model = getattr(getattr(predictor, "model", None), "name_or_path", None)
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="medsam3_app_"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -418,7 +420,16 @@ class AppService:
         )
         write_json(record, out_dir / "detections.json")
         masks = write_prompt_masks(result.results, out_dir / "masks")
-        return [overlay, out_dir / "detections.json", *masks]
+        dicom = image_dicom_outputs(  # a DICOM upload: seg.dcm and rtstruct.dcm too
+            upload.loaded.path,
+            result.results,
+            rgb.shape[:2],
+            out_dir,
+            auto_dicom_export(upload.loaded.path, self.base_model),
+            adapter=self.adapter,
+            settings={"threshold": result.threshold, "nms_iou": result.nms_iou},
+        )
+        return [overlay, out_dir / "detections.json", *masks, *(out_dir / f for f in dicom.values())]
 
     def detection_rows(self, upload: Upload, result: ImageResult) -> list[list]:
         """One table row per detection: prompt, rank, score, area in px and, with a pixel spacing, mm²."""
@@ -467,11 +478,12 @@ class AppService:
             box_labels=box_labels,
             progress=False,
             adapter=self.adapter,
+            dicom=auto_dicom_export(volume.path, self.base_model),  # a DICOM upload: seg.dcm and rtstruct.dcm too
         )
         out_dir = self.new_dir("run")
         legend = write_volume_outputs(volume, seg, out_dir, opts, seconds=seconds)
         files = [out_dir / legend["files"]["label_map"], out_dir / "legend.json"]
-        files += [out_dir / legend["files"][k] for k in ("image", "montage") if k in legend["files"]]
+        files += [out_dir / legend["files"][k] for k in ("image", "montage", "dicom_seg", "rtstruct") if k in legend["files"]]
         logger.info("%s: %d slice(s) x %d prompt(s) in %.1f s", upload.name, upload.n_slices, len(prompts), seconds)
         return VolumeResult(seg, legend, files, seconds, threshold, nms_iou, prompts)
 

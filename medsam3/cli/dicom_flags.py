@@ -49,6 +49,9 @@ def dicom_export_from_args(args: argparse.Namespace, cfg):
                 f"--dicom-seg/--rtstruct reference the DICOM images they were computed on, and {args.image} is not "
                 "DICOM; give a DICOM series folder, a multi-frame DICOM or a DICOM image"
             )
+        from ..io.dicom_source import read_dicom_source
+
+        read_dicom_source(args.image)  # one geometry, UIDs present: said before the model loads
     codes = args.codes or cfg.output.codes
     if args.codes and not Path(args.codes).is_file():
         raise UserError(f"--codes {args.codes}: file not found")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..io.dicom_source import DicomSource, read_dicom_source
+from ..io.dicom_source import DicomSource, DicomSourceError, read_dicom_source
 from ..outputs.concept_codes import ConceptCode, code_prompt, load_code_table
 from ..outputs.dicom_seg import Provenance, Segment, write_dicom_seg
 from ..outputs.overlays import PALETTE
@@ -28,6 +28,7 @@ from ..outputs.rtstruct import ImagePlane, write_rtstruct
 __all__ = [
     "DicomExport",
     "RTSTRUCT_FILE",
+    "auto_dicom_export",
     "SEG_FILE",
     "dicom_export",
     "image_dicom_outputs",
@@ -188,3 +189,23 @@ def image_dicom_outputs(
         return {}
     labels = labels_from_detections(results, shape)
     return write_dicom_outputs(path, labels, [d.prompt for d in results], out_dir, export, **provenance)
+
+
+def auto_dicom_export(path: str | Path | None, base_model: str | None = None) -> DicomExport | None:
+    """Both DICOM objects for a DICOM input that can be referenced (the web app's downloads), else None.
+
+    A DICOM source that cannot be referenced (mixed geometry, UIDs emptied by an anonymiser) is
+    said in one warning and gets no DICOM outputs; its other outputs are written as usual.
+    """
+    if path is None:
+        return None
+    from ..io.formats import detect_format
+
+    if detect_format(path) not in ("dicom", "dicom_dir"):
+        return None
+    try:
+        source = read_dicom_source(path)
+    except DicomSourceError as exc:
+        logger.warning("no DICOM SEG/RTSTRUCT for %s: %s", path, exc)
+        return None
+    return DicomExport(seg=True, rtstruct=source.has_geometry and bool(source.frame_of_reference_uid), base_model=base_model)

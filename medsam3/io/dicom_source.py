@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _ORIENTATION_TOL = 1e-4
 _SPACING_RTOL = 1e-4
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
 
 
 class DicomSourceError(ImageReadError):
@@ -211,6 +212,16 @@ def read_dicom_source(path: str | Path) -> DicomSource:
         )
     datasets = [ds for _, ds in headers]
     first = datasets[0]
+    for f, ds in headers:
+        missing = [tag for tag in _REQUIRED_UIDS if not str(ds.get(tag, "") or "").strip()]
+        if missing:
+            raise DicomSourceError(
+                f,
+                f"the image has no {', '.join(missing)} (blanked by an anonymiser?), and a DICOM SEG/RTSTRUCT must "
+                "reference its source by these UIDs",
+                "use the images as exported from the PACS/scanner, or an anonymiser that replaces UIDs instead of "
+                "emptying them",
+            )
     n_frames = int(first.get("NumberOfFrames", 1) or 1)
     if len(headers) > 1:
         if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):

@@ -7,12 +7,15 @@ both already medsam3 dependencies, not with rt-utils: rt-utils (last release Jan
 structure set from whole-series datasets it reads itself; here the frames and their patient
 positions come from :mod:`medsam3.io.dicom_source`, the same geometry the SEG uses.
 
-Contours follow the centres of a region's border pixels (OpenCV), mapped to patient coordinates
-with the source frame's ImagePositionPatient, ImageOrientationPatient and PixelSpacing (DICOM
-PS3.3 C.7.6.2.1.1). A hole is a contour of its own on the same plane: readers combine the
-contours of a plane by the even-odd rule (3D Slicer, rt-utils, plastimatch do). A region of one
-or two pixels gets the square around its pixels. The label map's overlap rule holds: a voxel
-belongs to one ROI at most. A prompt that found nothing keeps its ROI, with no contour.
+Contours run a quarter pixel inside the border of a region: OpenCV traces the border-pixel centres
+of the mask upsampled 2x, so a reader that fills pixels whose centre is inside the polygon
+(plastimatch, 3D Slicer) and one that rounds the vertices and fills the polygon with its edges
+(rt-utils) both get the mask back exactly, and the enclosed area is within a quarter pixel of the
+region's. Points map to patient coordinates with the source frame's ImagePositionPatient,
+ImageOrientationPatient and PixelSpacing (DICOM PS3.3 C.7.6.2.1.1). A hole is a contour of its
+own on the same plane: readers combine the contours of a plane by the even-odd rule. The label
+map's overlap rule holds: a voxel belongs to one ROI at most. A prompt that found nothing keeps
+its ROI, with no contour.
 """
 
 from __future__ import annotations
@@ -65,20 +68,14 @@ class ImagePlane:
 def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed contours of a 2D boolean mask as (N, 2) arrays of (column, row) pixel coordinates.
 
-    Outer borders and hole borders alike (``RETR_CCOMP``); regions of one or two pixels, whose
-    border is not a polygon, become the square around their pixels.
+    Outer borders and hole borders alike (``RETR_CCOMP``), a quarter pixel inside each border
+    (traced on the mask upsampled 2x; see the module docstring), so even a single pixel is a polygon.
     """
     import cv2
 
-    found, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    out = []
-    for c in found:
-        pts = c.reshape(-1, 2).astype(np.float64)
-        if len(np.unique(pts, axis=0)) < 3:
-            (x0, y0), (x1, y1) = pts.min(axis=0) - 0.5, pts.max(axis=0) + 0.5
-            pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-        out.append(pts)
-    return out
+    up = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).repeat(2, axis=0).repeat(2, axis=1))
+    found, _ = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c.reshape(-1, 2).astype(np.float64) - 0.5) / 2.0 for c in found]
 
 
 def _to_patient(points: np.ndarray, plane: ImagePlane, orientation: np.ndarray, spacing: tuple[float, float]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 from os import PathLike
+
 from ..errors import UserError
 
 

@@ -99,12 +99,14 @@ def ct_series(tmp_path):
         n: int = 8, rows: int = 32, columns: int = 24, folder_name: str = "series", tweak=None, spacing=(0.7, 0.9)
     ):
         folder = tmp_path / folder_name
-        folder.mkdir()
+        folder.mkdir(parents=True)
         row_dir, col_dir = _oblique_orientation()
         normal = np.cross(row_dir, col_dir)
         study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
         zz, yy, xx = np.mgrid[:n, :rows, :columns]
-        organ = ((zz - n / 2) / (n / 2.5)) ** 2 + ((yy - rows / 2) / (rows / 3)) ** 2 + ((xx - columns / 2.5) / (columns / 4)) ** 2 < 1
+        organ = ((zz - n / 2) / (n / 2.5)) ** 2 + ((yy - rows / 2) / (rows / 3)) ** 2 + (
+            (xx - columns / 2.5) / (columns / 4)
+        ) ** 2 < 1
         hu = np.where(organ, 60, -100).astype(np.int16)
         positions = []
         names = np.random.default_rng(n).permutation(n)
@@ -119,7 +121,12 @@ def ct_series(tmp_path):
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.SpecificCharacterSet = "ISO_IR 100"
-            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Synthetic", "SYN001", "19700101", "O"
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+                "Test^Synthetic",
+                "SYN001",
+                "19700101",
+                "O",
+            )
             ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study, "20260101", "120000", "S1"
             ds.AccessionNumber, ds.ReferringPhysicianName = "ACC1", ""
             ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality = series, 3, "CT"

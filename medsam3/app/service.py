@@ -483,7 +483,9 @@ class AppService:
         out_dir = self.new_dir("run")
         legend = write_volume_outputs(volume, seg, out_dir, opts, seconds=seconds)
         files = [out_dir / legend["files"]["label_map"], out_dir / "legend.json"]
-        files += [out_dir / legend["files"][k] for k in ("image", "montage", "dicom_seg", "rtstruct") if k in legend["files"]]
+        files += [
+            out_dir / legend["files"][k] for k in ("image", "montage", "dicom_seg", "rtstruct") if k in legend["files"]
+        ]
         logger.info("%s: %d slice(s) x %d prompt(s) in %.1f s", upload.name, upload.n_slices, len(prompts), seconds)
         return VolumeResult(seg, legend, files, seconds, threshold, nms_iou, prompts)
 

@@ -81,7 +81,9 @@ def labels_from_detections(results: Sequence, shape: tuple[int, int]) -> np.ndar
             np.maximum(scores[j], np.where(mask, np.float32(score), np.float32(0)), out=scores[j])
     if not len(results):
         return np.zeros(shape, dtype=np.uint8)
-    return np.where(scores.max(axis=0) > 0, scores.argmax(axis=0) + 1, 0).astype(np.uint8 if len(results) < 256 else np.uint16)
+    return np.where(scores.max(axis=0) > 0, scores.argmax(axis=0) + 1, 0).astype(
+        np.uint8 if len(results) < 256 else np.uint16
+    )
 
 
 def _segments(prompts: Sequence[str], codes: dict[str, ConceptCode]) -> list[Segment]:
@@ -133,7 +135,9 @@ def write_dicom_outputs(
             seg_frames = frames
         write_dicom_seg(images, seg_frames, segments, provenance, out_dir / SEG_FILE)
         written["dicom_seg"] = SEG_FILE
-        logger.info("DICOM SEG -> %s (%d segment(s), %d source frame(s))", out_dir / SEG_FILE, len(segments), len(frames))
+        logger.info(
+            "DICOM SEG -> %s (%d segment(s), %d source frame(s))", out_dir / SEG_FILE, len(segments), len(frames)
+        )
     if export.rtstruct:
         if not source.has_geometry or source.pixel_spacing is None or not source.frame_of_reference_uid:
             raise UserError(
@@ -170,13 +174,19 @@ def volume_dicom_outputs(
     if export is None or not export.enabled:
         return {}
     if not is_dicom_volume(volume.meta) or volume.path is None:
-        logger.warning("%s is not DICOM: no DICOM SEG/RTSTRUCT for it (they reference DICOM source images)", volume.path)
+        logger.warning(
+            "%s is not DICOM: no DICOM SEG/RTSTRUCT for it (they reference DICOM source images)", volume.path
+        )
         return {}
     return write_dicom_outputs(volume.path, labels, prompts, out_dir, export, affine=volume.affine, **provenance)
 
 
 def image_dicom_outputs(
-    path: str | Path, results: Sequence, shape: tuple[int, int], out_dir: str | Path, export: DicomExport | None,
+    path: str | Path,
+    results: Sequence,
+    shape: tuple[int, int],
+    out_dir: str | Path,
+    export: DicomExport | None,
     **provenance,
 ) -> dict[str, str]:
     """:func:`write_dicom_outputs` for a 2D DICOM image's detections; nothing (with a warning) for other images."""
@@ -208,4 +218,6 @@ def auto_dicom_export(path: str | Path | None, base_model: str | None = None) ->
     except DicomSourceError as exc:
         logger.warning("no DICOM SEG/RTSTRUCT for %s: %s", path, exc)
         return None
-    return DicomExport(seg=True, rtstruct=source.has_geometry and bool(source.frame_of_reference_uid), base_model=base_model)
+    return DicomExport(
+        seg=True, rtstruct=source.has_geometry and bool(source.frame_of_reference_uid), base_model=base_model
+    )

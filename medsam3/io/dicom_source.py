@@ -241,23 +241,29 @@ def read_dicom_source(path: str | Path) -> DicomSource:
                 "multi-frame DICOM without functional groups (no per-frame positions)",
                 "DICOM SEG/RTSTRUCT need an enhanced multi-frame image (or a series of single-frame files)",
             )
-        orientations = [_vec(_fg_value(first, k, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-                        for k in range(n_frames)]
+        orientations = [
+            _vec(_fg_value(first, k, "PlaneOrientationSequence", "ImageOrientationPatient"), 6) for k in range(n_frames)
+        ]
         spacings = set()
         for k in range(n_frames):
             ps = _vec(_fg_value(first, k, "PixelMeasuresSequence", "PixelSpacing"), 2)
             spacings.add(tuple(round(float(v), 6) for v in ps) if ps is not None else ())
         orientation = orientations[0]
-        if orientation is None or any(o is None or not np.allclose(o, orientation, atol=_ORIENTATION_TOL)
-                                      for o in orientations):
+        if orientation is None or any(
+            o is None or not np.allclose(o, orientation, atol=_ORIENTATION_TOL) for o in orientations
+        ):
             raise DicomSourceError(path, "frames do not share one orientation", "one orientation per file")
         if len(spacings) != 1 or len(next(iter(spacings))) != 2:
             raise DicomSourceError(path, "frames do not share one pixel spacing", "one pixel spacing per file")
         row_s, col_s = next(iter(spacings))
         spacing = (float(row_s), float(col_s))
         frames = [
-            SourceFrame(0, k + 1, _vec(_fg_value(first, k, "PlanePositionSequence", "ImagePositionPatient"), 3),
-                        str(first.SOPInstanceUID))
+            SourceFrame(
+                0,
+                k + 1,
+                _vec(_fg_value(first, k, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                str(first.SOPInstanceUID),
+            )
             for k in range(n_frames)
         ]
         multiframe = True

@@ -211,9 +211,7 @@ def _code_from(value: Any, where: str) -> Code:
     elif isinstance(value, (list, tuple)) and len(value) == 3:
         parts = list(value)
     else:
-        raise CodeTableError(
-            f"{where}: a code is [value, scheme, meaning], e.g. [10200004, SCT, Liver]; got {value!r}"
-        )
+        raise CodeTableError(f"{where}: a code is [value, scheme, meaning], e.g. [10200004, SCT, Liver]; got {value!r}")
     text = [str(p).strip() for p in parts]
     if not all(text) or any(isinstance(p, (dict, list, bool)) or p is None for p in parts):
         raise CodeTableError(f"{where}: value, scheme and meaning must be non-empty text, got {parts!r}")

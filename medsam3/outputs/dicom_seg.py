@@ -127,14 +127,13 @@ def write_dicom_seg(
             display_color=hd.color.CIELabColor.from_rgb(*seg.color),
         )
         if concept.modifier is not None:
-            modifier = hd.sr.CodedConcept(concept.modifier.value, concept.modifier.scheme_designator,
-                                          concept.modifier.meaning)
+            modifier = hd.sr.CodedConcept(
+                concept.modifier.value, concept.modifier.scheme_designator, concept.modifier.meaning
+            )
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
         descriptions.append(description)
         if not np.any(frames == seg.value):
-            logger.warning(
-                "prompt %r found nothing: its SEG segment %d is kept, empty", concept.prompt, seg.value
-            )
+            logger.warning("prompt %r found nothing: its SEG segment %d is kept, empty", concept.prompt, seg.value)
     prompts = [s.concept.label for s in segments]
     if not np.any(frames):
         # highdicom omits empty frames; with no voxel at all it keeps every frame (all zero).

@@ -25,8 +25,8 @@ import pytest
 from scipy import ndimage
 
 import medsam3
-from medsam3.io import label_map_image, load_volume
 from medsam3.inference.dicom_export import DicomExport, write_dicom_outputs
+from medsam3.io import label_map_image, load_volume
 from medsam3.outputs import PALETTE
 
 PROMPTS = ["liver", "left kidney", "xyzzy plumbus", "spleen"]
@@ -63,7 +63,14 @@ def series_outputs(ct_series, tmp_path):
     label_map_image(labels, volume).to_filename(out / "labels.nii.gz")
     export = DicomExport(seg=True, rtstruct=True, base_model="facebook/sam3")
     written = write_dicom_outputs(
-        folder, labels, PROMPTS, out, export, affine=volume.affine, adapter="lal-Joey/MedSAM3_v1", settings={"threshold": 0.5}
+        folder,
+        labels,
+        PROMPTS,
+        out,
+        export,
+        affine=volume.affine,
+        adapter="lal-Joey/MedSAM3_v1",
+        settings={"threshold": 0.5},
     )
     assert written == {"dicom_seg": "seg.dcm", "rtstruct": "rtstruct.dcm"}
     return folder, out, labels
@@ -138,10 +145,14 @@ def test_seg_reads_back_with_highdicom_by_source_instance(series_outputs):
     seg = hd.seg.segread(out / "seg.dcm")
     source = sorted(
         (pydicom.dcmread(p, stop_before_pixels=True) for p in folder.iterdir()),
-        key=lambda ds: float(np.dot(ds.ImagePositionPatient, np.cross(ds.ImageOrientationPatient[:3], ds.ImageOrientationPatient[3:]))),
+        key=lambda ds: float(
+            np.dot(ds.ImagePositionPatient, np.cross(ds.ImageOrientationPatient[:3], ds.ImageOrientationPatient[3:]))
+        ),
     )
     pixels = seg.get_pixels_by_source_instance(
-        [str(ds.SOPInstanceUID) for ds in source], combine_segments=True, skip_overlap_checks=False,
+        [str(ds.SOPInstanceUID) for ds in source],
+        combine_segments=True,
+        skip_overlap_checks=False,
         ignore_spatial_locations=True,
     )
     np.testing.assert_array_equal(pixels, np.transpose(labels, (2, 1, 0)))
@@ -152,7 +163,10 @@ def compare_in_patient_space(reference: Path, masks: dict[int, Path]) -> dict[in
     sitk = pytest.importorskip("SimpleITK")
     ref = sitk.ReadImage(str(reference))
     return {
-        value: sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(p)), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0) > 0
+        value: sitk.GetArrayFromImage(
+            sitk.Resample(sitk.ReadImage(str(p)), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        ).transpose(2, 1, 0)
+        > 0
         for value, p in masks.items()
     }
 
@@ -162,7 +176,9 @@ def dcmqi_masks(seg: Path, out: Path) -> dict[int, Path]:
     out.mkdir()
     proc = subprocess.run(
         [exe, "--inputDICOM", str(seg), "--outputDirectory", str(out), "--outputType", "nifti"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     meta = json.loads((out / "meta.json").read_text())
@@ -210,9 +226,21 @@ def test_plastimatch_reads_the_rtstruct_back(series_outputs, tmp_path):
     folder, out, labels = series_outputs
     prefix = tmp_path / "pm"
     proc = subprocess.run(
-        [exe, "convert", "--input", str(out / "rtstruct.dcm"), "--referenced-ct", str(folder),
-         "--output-prefix", str(prefix), "--prefix-format", "nii.gz"],
-        capture_output=True, text=True, timeout=120,
+        [
+            exe,
+            "convert",
+            "--input",
+            str(out / "rtstruct.dcm"),
+            "--referenced-ct",
+            str(folder),
+            "--output-prefix",
+            str(prefix),
+            "--prefix-format",
+            "nii.gz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = {PROMPTS.index(p.name[: -len(".nii.gz")]) + 1: p for p in prefix.glob("*.nii.gz")}

@@ -64,8 +64,19 @@ def dicom_export(seg: bool, rtstruct: bool, codes_file: str | None = None, base_
         if codes_file:
             logger.warning("a code table (%s) is only used with --dicom-seg / --rtstruct", codes_file)
         return None
+    if seg and not has_highdicom():
+        raise UserError(
+            "--dicom-seg writes DICOM SEG with highdicom, which is not installed: pip install 'medsam3[dicom-out]'"
+        )
     codes = load_code_table(codes_file) if codes_file else {}
     return DicomExport(seg=seg, rtstruct=rtstruct, codes=codes, base_model=base_model)
+
+
+def has_highdicom() -> bool:
+    """highdicom (the optional extra ``dicom-out``) writes the SEG; the RTSTRUCT needs only core dependencies."""
+    import importlib.util
+
+    return importlib.util.find_spec("highdicom") is not None
 
 
 def is_dicom_volume(meta: dict) -> bool:
@@ -218,6 +229,8 @@ def auto_dicom_export(path: str | Path | None, base_model: str | None = None) ->
     except DicomSourceError as exc:
         logger.warning("no DICOM SEG/RTSTRUCT for %s: %s", path, exc)
         return None
-    return DicomExport(
-        seg=True, rtstruct=source.has_geometry and bool(source.frame_of_reference_uid), base_model=base_model
-    )
+    seg = has_highdicom()
+    if not seg:
+        logger.info("no DICOM SEG for %s: highdicom is not installed (pip install 'medsam3[dicom-out]')", path)
+    rtstruct = source.has_geometry and bool(source.frame_of_reference_uid)
+    return DicomExport(seg=seg, rtstruct=rtstruct, base_model=base_model) if seg or rtstruct else None

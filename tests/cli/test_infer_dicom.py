@@ -20,6 +20,8 @@ import pytest
 import medsam3
 from medsam3.cli.infer import main
 
+pytest.importorskip("highdicom", reason="the DICOM SEG writer: pip install 'medsam3[dicom-out]'")
+
 PROMPTS = ["liver", "spleen", "left kidney", "xyzzy plumbus"]
 DEMO_SLICE = Path(medsam3.__file__).parent / "demo" / "examples" / "ct_dicom_slice.dcm"
 

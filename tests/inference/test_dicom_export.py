@@ -29,6 +29,8 @@ from medsam3.inference.dicom_export import DicomExport, write_dicom_outputs
 from medsam3.io import label_map_image, load_volume
 from medsam3.outputs import PALETTE
 
+pytest.importorskip("highdicom", reason="the DICOM SEG writer: pip install 'medsam3[dicom-out]'")
+
 PROMPTS = ["liver", "left kidney", "xyzzy plumbus", "spleen"]
 DEMO_SLICE = Path(medsam3.__file__).parent / "demo" / "examples" / "ct_dicom_slice.dcm"
 

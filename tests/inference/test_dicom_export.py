@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from scipy import ndimage
 
 import medsam3
 from medsam3.inference.dicom_export import DicomExport, write_dicom_outputs
@@ -44,11 +43,12 @@ def tool(name: str, install: str) -> str:
 
 
 def labels_for(volume) -> np.ndarray:
-    """liver = the organ (with a hole and a one-voxel island), left kidney = a block, the unknown prompt
+    """liver = the organ (with a hole, an island in it and a one-voxel island), left kidney = a block, the unknown prompt
     finds nothing, spleen = a two-voxel line."""
     labels = np.zeros(volume.shape, np.uint8)
     labels[volume.data > 0] = 1
-    labels[8:10, 14:17, 4] = 0  # a hole in the organ
+    labels[6:11, 12:19, 4] = 0  # a hole in the organ, wider than two voxels
+    labels[8, 15, 4] = 1  # with an island in it
     labels[1, 1, 2] = 1  # an island of one voxel
     labels[16:21, 2:9, 1:5] = 2
     labels[22, 28:30, 6] = 4
@@ -216,13 +216,6 @@ def test_dciodvfy_finds_no_errors(outputs, name, request):
     assert all("99MEDSAM3" in w for w in warnings), warnings
 
 
-def within_one_voxel(got: np.ndarray, expected: np.ndarray) -> bool:
-    """Every voxel where they differ lies on the border of ``expected`` (in-plane, one voxel)."""
-    ring = np.ones((3, 3, 1), bool)
-    border = ndimage.binary_dilation(expected, ring) & ~ndimage.binary_erosion(expected, ring)
-    return not np.any((got ^ expected) & ~border)
-
-
 def test_plastimatch_reads_the_rtstruct_back(series_outputs, tmp_path):
     exe = tool("plastimatch", "apt-get install plastimatch")
     folder, out, labels = series_outputs
@@ -248,14 +241,13 @@ def test_plastimatch_reads_the_rtstruct_back(series_outputs, tmp_path):
     files = {PROMPTS.index(p.name[: -len(".nii.gz")]) + 1: p for p in prefix.glob("*.nii.gz")}
     masks = compare_in_patient_space(out / "labels.nii.gz", files)
     assert set(masks) >= {1, 2, 4}
-    for value, mask in masks.items():
-        assert within_one_voxel(mask, labels == value), f"ROI {value}"
-        assert (mask ^ (labels == value)).sum() <= 0.02 * max(1, (labels == value).sum()) + 2
+    for value, mask in masks.items():  # the issue asks for "within one voxel": the keyhole contours give exact
+        np.testing.assert_array_equal(mask, labels == value, err_msg=f"ROI {value}")
 
 
 def test_rt_utils_reads_the_rtstruct_back(ct_series, tmp_path):
     """rt-utils (1.2.7) swaps row/column spacing and rows/columns, so it reads anisotropic or non-square
-    images wrongly; on square isotropic pixels its reading is right, and there it must match."""
+    images wrongly; on square isotropic pixels its reading is right, and there it must match exactly."""
     pytest.importorskip("rt_utils", reason="pip install --no-deps rt-utils")
     from rt_utils import RTStructBuilder
 
@@ -269,7 +261,7 @@ def test_rt_utils_reads_the_rtstruct_back(ct_series, tmp_path):
     assert rt.get_roi_names() == PROMPTS
     for value in (1, 2, 4):
         mask = rt.get_roi_mask_by_name(PROMPTS[value - 1])  # (rows, columns, slices) for square images
-        assert within_one_voxel(mask.transpose(1, 0, 2), labels == value), PROMPTS[value - 1]
+        np.testing.assert_array_equal(mask.transpose(1, 0, 2), labels == value, err_msg=PROMPTS[value - 1])
 
 
 def test_rtstruct_structure(series_outputs):

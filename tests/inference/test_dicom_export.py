@@ -43,8 +43,8 @@ def tool(name: str, install: str) -> str:
 
 
 def labels_for(volume) -> np.ndarray:
-    """liver = the organ (with a hole, an island in it and a one-voxel island), left kidney = a block, the unknown prompt
-    finds nothing, spleen = a two-voxel line."""
+    """liver = the organ (with a hole, an island in it and a one-voxel island), left kidney = a block,
+    the unknown prompt finds nothing, spleen = a two-voxel line."""
     labels = np.zeros(volume.shape, np.uint8)
     labels[volume.data > 0] = 1
     labels[6:11, 12:19, 4] = 0  # a hole in the organ, wider than two voxels

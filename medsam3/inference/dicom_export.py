@@ -137,6 +137,13 @@ def write_dicom_outputs(
     provenance = Provenance(
         software_version=__version__, base_model=export.base_model, adapter=adapter, settings=settings or {}
     )
+    for seg in segments:
+        if not np.any(frames == seg.value):
+            logger.warning(
+                "prompt %r found nothing: kept as an empty segment / ROI %d in the DICOM outputs",
+                seg.concept.prompt,
+                seg.value,
+            )
     written: dict[str, str] = {}
     if export.seg:
         if source.multiframe:

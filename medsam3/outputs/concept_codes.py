@@ -41,6 +41,7 @@ __all__ = [
     "ConceptCode",
     "code_prompt",
     "load_code_table",
+    "local_scheme_identification",
     "normalise_prompt",
 ]
 
@@ -148,6 +149,17 @@ class ConceptCode:
     @property
     def is_local(self) -> bool:
         return self.source == "local"
+
+
+def local_scheme_identification():
+    """The Coding Scheme Identification Sequence item that declares ``99MEDSAM3`` in an object using it."""
+    from pydicom import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = LOCAL_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = "medsam3"
+    return item
 
 
 def normalise_prompt(prompt: str) -> str:

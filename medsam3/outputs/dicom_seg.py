@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .concept_codes import LOCAL_SCHEME, LOCAL_SCHEME_NAME, ConceptCode
+from .concept_codes import ConceptCode, local_scheme_identification
 from .files import atomic_path
 
 __all__ = ["Provenance", "Segment", "write_dicom_seg"]
@@ -71,16 +71,6 @@ class Provenance:
 def _short(text: str | None, n: int = 64) -> str:
     text = str(text)
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _coding_scheme_item(hd):
-    from pydicom import Dataset
-
-    item = Dataset()
-    item.CodingSchemeDesignator = LOCAL_SCHEME
-    item.CodingSchemeName = LOCAL_SCHEME_NAME
-    item.CodingSchemeResponsibleOrganization = "medsam3"
-    return item
 
 
 def write_dicom_seg(
@@ -132,13 +122,26 @@ def write_dicom_seg(
             )
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
         descriptions.append(description)
-        if not np.any(frames == seg.value):
-            logger.warning("prompt %r found nothing: its SEG segment %d is kept, empty", concept.prompt, seg.value)
     prompts = [s.concept.label for s in segments]
-    if not np.any(frames):
-        # highdicom omits empty frames; with no voxel at all it keeps every frame (all zero).
-        logger.warning("no prompt found anything: the SEG holds empty segments only")
-    seg_ds = hd.seg.Segmentation(
+    quiet = logging.getLogger("highdicom")  # its INFO lines ("copy attributes of module ...") are not for users
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        seg_ds = _segmentation(hd, source_images, frames, segments, descriptions, provenance, prompts)
+    finally:
+        quiet.setLevel(level)
+    if any(s.concept.is_local for s in segments):
+        seg_ds.CodingSchemeIdentificationSequence = [local_scheme_identification()]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        seg_ds.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+def _segmentation(hd, source_images, frames, segments, descriptions, provenance, prompts):
+    from pydicom.uid import generate_uid
+
+    return hd.seg.Segmentation(
         source_images=list(source_images),
         pixel_array=frames.astype(np.uint16 if len(segments) > 255 else np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -154,11 +157,6 @@ def write_dicom_seg(
         content_description=_short(provenance.series_description(prompts, "segmentation")),
         content_label="MEDSAM3",
         series_description=provenance.series_description(prompts, "SEG"),
+        # Frames without any segment are left out; with nothing found at all every frame is kept (a SEG needs one).
         omit_empty_frames=bool(np.any(frames)),
     )
-    if any(s.concept.is_local for s in segments):
-        seg_ds.CodingSchemeIdentificationSequence = [_coding_scheme_item(hd)]
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        seg_ds.save_as(tmp, enforce_file_format=True)
-    return path

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .concept_codes import LOCAL_SCHEME, LOCAL_SCHEME_NAME
+from .concept_codes import local_scheme_identification
 from .dicom_seg import Provenance, Segment
 from .files import atomic_path
 
@@ -272,10 +272,8 @@ def write_rtstruct(
         roi_contour = Dataset()
         roi_contour.ROIDisplayColor = list(seg.color)
         roi_contour.ReferencedROINumber = seg.value
-        if contour_seq:
+        if contour_seq:  # a prompt that found nothing: an ROI without contours
             roi_contour.ContourSequence = contour_seq
-        else:
-            logger.warning("prompt %r found nothing: its RTSTRUCT ROI %d has no contour", concept.prompt, seg.value)
         contour_items.append(roi_contour)
 
         obs = Dataset()
@@ -290,11 +288,7 @@ def write_rtstruct(
     ds.ROIContourSequence = contour_items
     ds.RTROIObservationsSequence = observation_items
     if any(s.concept.is_local for s in segments):
-        scheme = Dataset()
-        scheme.CodingSchemeDesignator = LOCAL_SCHEME
-        scheme.CodingSchemeName = LOCAL_SCHEME_NAME
-        scheme.CodingSchemeResponsibleOrganization = "medsam3"
-        ds.CodingSchemeIdentificationSequence = [scheme]
+        ds.CodingSchemeIdentificationSequence = [local_scheme_identification()]
     path = Path(path)
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)

@@ -51,7 +51,12 @@ def dicom_export_from_args(args: argparse.Namespace, cfg):
             )
         from ..io.dicom_source import read_dicom_source
 
-        read_dicom_source(args.image)  # one geometry, UIDs present: said before the model loads
+        source = read_dicom_source(args.image)  # one geometry, UIDs present: said before the model loads
+        if args.rtstruct and not source.has_geometry:
+            raise UserError(
+                f"--rtstruct: {args.image} has no patient geometry (ImagePositionPatient/ImageOrientationPatient), "
+                "which contours need; use --dicom-seg alone for it"
+            )
     codes = args.codes or cfg.output.codes
     if args.codes and not Path(args.codes).is_file():
         raise UserError(f"--codes {args.codes}: file not found")

@@ -15,6 +15,7 @@ segment's Algorithm Identification names the weights (base model, adapter) and t
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,31 @@ class Provenance:
 def _short(text: str | None, n: int = 64) -> str:
     text = str(text)
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# Type 2 patient/study attributes highdicom copies from the source: when a source lacks one, the copy
+# carries it empty ("unknown", as the standard spells it), never a made-up value.
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2(ds):
+    missing = [tag for tag in _TYPE2_COPIED if tag not in ds]
+    if not missing:
+        return ds
+    ds = copy.copy(ds)
+    for tag in missing:
+        setattr(ds, tag, "")
+    return ds
 
 
 def write_dicom_seg(
@@ -130,6 +156,10 @@ def write_dicom_seg(
         seg_ds = _segmentation(hd, source_images, frames, segments, descriptions, provenance, prompts)
     finally:
         quiet.setLevel(level)
+    if "FrameOfReferenceUID" not in seg_ds and "PatientOrientation" not in seg_ds:
+        # An image without patient geometry (e.g. secondary capture): General Image's Patient Orientation
+        # (type 2C) is required then, copied from the source, else empty (unknown).
+        seg_ds.PatientOrientation = source_images[0].get("PatientOrientation", "")
     if any(s.concept.is_local for s in segments):
         seg_ds.CodingSchemeIdentificationSequence = [local_scheme_identification()]
     path = Path(path)
@@ -142,7 +172,7 @@ def _segmentation(hd, source_images, frames, segments, descriptions, provenance,
     from pydicom.uid import generate_uid
 
     return hd.seg.Segmentation(
-        source_images=list(source_images),
+        source_images=[_with_type2(ds) for ds in source_images],
         pixel_array=frames.astype(np.uint16 if len(segments) > 255 else np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

@@ -24,6 +24,7 @@ import pydicom
 import pytest
 
 import medsam3
+from medsam3.errors import UserError
 from medsam3.inference.dicom_export import DicomExport, write_dicom_outputs
 from medsam3.io import label_map_image, load_volume
 from medsam3.outputs import PALETTE
@@ -304,3 +305,31 @@ def test_demo_slice_with_restored_uids(tmp_path):
     for name in ("seg.dcm", "rtstruct.dcm"):
         errors, _ = dciodvfy_findings(out / name)
         assert errors == [], name
+
+
+def test_image_without_patient_geometry_gets_a_seg_and_no_rtstruct(tmp_path):
+    """A secondary-capture image (no position, orientation or Frame of Reference, no type 2 patient
+    attributes): a valid SEG whose missing type 2 attributes stay empty; an RTSTRUCT is refused."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (pydicom.uid.generate_uid() for _ in range(3))
+    ds.PatientName, ds.PatientID, ds.Modality = "Test^Capture", "SC1", "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 40, 50, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.zeros((40, 50), np.uint8).tobytes()
+    path = tmp_path / "capture.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    labels = np.zeros((40, 50), np.uint8)
+    labels[12:28, 12:38] = 1
+    out = tmp_path / "out"
+    out.mkdir()
+    assert write_dicom_outputs(path, labels, ["lesion"], out, DicomExport(seg=True)) == {"dicom_seg": "seg.dcm"}
+    seg = pydicom.dcmread(out / "seg.dcm")
+    assert seg.PatientID == "SC1" and seg.PatientBirthDate == "" and "FrameOfReferenceUID" not in seg
+    np.testing.assert_array_equal(seg.pixel_array.astype(bool), labels.astype(bool))
+    with pytest.raises(UserError, match="patient coordinates"):
+        write_dicom_outputs(path, labels, ["lesion"], out, DicomExport(rtstruct=True))
+    errors, _ = dciodvfy_findings(out / "seg.dcm")
+    assert errors == []

@@ -7,7 +7,6 @@ The flags and their checks only (cheap, before torch is imported); writing is
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import UserError
 
@@ -58,6 +57,6 @@ def dicom_export_from_args(args: argparse.Namespace, cfg):
                 "which contours need; use --dicom-seg alone for it"
             )
     codes = args.codes or cfg.output.codes
-    if args.codes and not Path(args.codes).is_file():
-        raise UserError(f"--codes {args.codes}: file not found")
+    if args.codes and not wanted:
+        raise UserError("--codes is used by --dicom-seg / --rtstruct; add one of them, or drop --codes")
     return dicom_export(args.dicom_seg, args.rtstruct, codes)

@@ -61,8 +61,6 @@ def dicom_export(seg: bool, rtstruct: bool, codes_file: str | None = None, base_
     """The :class:`DicomExport` of the flags (None when neither is asked); reads and checks the
     code table now, so a bad file is reported before the model loads."""
     if not (seg or rtstruct):
-        if codes_file:
-            logger.warning("a code table (%s) is only used with --dicom-seg / --rtstruct", codes_file)
         return None
     if seg and not has_highdicom():
         raise UserError(

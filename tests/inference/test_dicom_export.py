@@ -333,3 +333,28 @@ def test_image_without_patient_geometry_gets_a_seg_and_no_rtstruct(tmp_path):
         write_dicom_outputs(path, labels, ["lesion"], out, DicomExport(rtstruct=True))
     errors, _ = dciodvfy_findings(out / "seg.dcm")
     assert errors == []
+
+
+def test_multiframe_outputs_reference_the_file_and_its_frames(multiframe_outputs):
+    path, out, labels = multiframe_outputs
+    src = pydicom.dcmread(path, stop_before_pixels=True)
+    seg = pydicom.dcmread(out / "seg.dcm")
+    refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [str(r.ReferencedSOPInstanceUID) for r in refs] == [str(src.SOPInstanceUID)]
+    frames = {
+        (str(s.ReferencedSOPInstanceUID), int(s.ReferencedFrameNumber))
+        for f in seg.PerFrameFunctionalGroupsSequence
+        for s in f.DerivationImageSequence[0].SourceImageSequence
+    }
+    assert {n for _, n in frames} <= set(range(1, 9)) and {u for u, _ in frames} == {str(src.SOPInstanceUID)}
+    rt = pydicom.dcmread(out / "rtstruct.dcm")
+    series = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert sorted(int(r.ReferencedFrameNumber) for r in series.ContourImageSequence) == list(range(1, 9))
+    for contour in rt.ROIContourSequence[1].ContourSequence:  # the kidney block: on its frames, in its plane
+        ref = contour.ContourImageSequence[0]
+        frame = src.PerFrameFunctionalGroupsSequence[int(ref.ReferencedFrameNumber) - 1]
+        origin = np.array(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        iop = np.array(src.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+        normal = np.cross(iop[:3], iop[3:])
+        points = np.array(contour.ContourData, dtype=float).reshape(-1, 3)
+        np.testing.assert_allclose((points - origin) @ normal, 0, atol=1e-3)  # on the referenced frame's plane

@@ -160,6 +160,9 @@ class OutputConfig:
     save_lora_only: bool = True
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
+    codes: Optional[str] = None
+    """A YAML table of DICOM codes for text prompts (``infer_sam.py --dicom-seg/--rtstruct``), used where
+    SNOMED CT has no entry; ``--codes FILE`` overrides it. Layout: docs/dicom_output.md."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import UserError
 from ..inference.batch import InferenceOptions, write_volume_outputs
+from ..inference.dicom_export import auto_dicom_export, image_dicom_outputs
 from ..inference.inputs import LoadedInput, load_input
 from ..inference.postprocess import Detections
 from ..inference.volume import VolumeSegmentation, resolve_axis, segment_volume
@@ -275,6 +276,7 @@ class AppService:
         self.default_threshold = plan.threshold if plan is not None else 0.5
         """Where the threshold slider starts: the run plan's (the same as infer_sam.py's and medsam3-evaluate's)."""
         self._own_work_dir = not work_dir
+        self.base_model = getattr(getattr(predictor, "model", None), "name_or_path", None)
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="medsam3_app_"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -439,7 +441,17 @@ class AppService:
             threshold=result.threshold,
             nms_iou=result.nms_iou,
         )
-        return [written[0], written[-1], *written[1:-1]]  # overlay, detections.json, then the masks
+        dicom = image_dicom_outputs(  # a DICOM upload: seg.dcm and rtstruct.dcm too
+            upload.loaded.path,
+            result.results,
+            upload.loaded.image.rgb.shape[:2],
+            out_dir,
+            auto_dicom_export(upload.loaded.path, self.base_model),
+            adapter=self.adapter,
+            settings={"threshold": result.threshold, "nms_iou": result.nms_iou},
+        )
+        # overlay, detections.json, the masks, then the DICOM files
+        return [written[0], written[-1], *written[1:-1], *(out_dir / f for f in dicom.values())]
 
     def detection_rows(self, upload: Upload, result: ImageResult) -> list[list]:
         """One table row per detection: prompt, rank, score, area in px and, with a pixel spacing, mm²."""
@@ -489,11 +501,14 @@ class AppService:
             box_labels=box_labels,
             progress=False,
             adapter=self.adapter,
+            dicom=auto_dicom_export(volume.path, self.base_model),  # a DICOM upload: seg.dcm and rtstruct.dcm too
         )
         out_dir = self.new_dir("run")
         legend = write_volume_outputs(volume, seg, out_dir, opts, seconds=seconds)
         files = [out_dir / legend["files"]["label_map"], out_dir / "legend.json"]
-        files += [out_dir / legend["files"][k] for k in ("image", "montage") if k in legend["files"]]
+        files += [
+            out_dir / legend["files"][k] for k in ("image", "montage", "dicom_seg", "rtstruct") if k in legend["files"]
+        ]
         logger.info("%s: %d slice(s) x %d prompt(s) in %.1f s", upload.name, upload.n_slices, len(prompts), seconds)
         return VolumeResult(seg, legend, files, seconds, threshold, nms_iou, prompts, warnings)
 

@@ -19,6 +19,7 @@ from ..config import load_config
 from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from ..errors import InputNotFoundError, UserError
 from . import add_version_flag
+from .dicom_flags import add_dicom_flags, dicom_export_from_args
 
 logger = logging.getLogger("medsam3.infer")
 
@@ -32,6 +33,7 @@ EXAMPLES = """examples:
   python infer_sam.py --image ct.nii.gz --prompt "liver" "spleen" --window soft_tissue --output-dir ct_seg/ \\
       --binary-masks --largest-component --fill-holes
   python infer_sam.py --image dicom_series_dir/ --prompt "liver" --window 60 160 --slice-batch 16
+  python infer_sam.py --weights demo --image dicom_series_dir/ --prompt liver "left kidney" --dicom-seg --rtstruct
   python infer_sam.py --input-dir scans/ --prompt "liver" --output-dir results/ --skip-existing
   torchrun --nproc_per_node 4 infer_sam.py --input-dir scans/ --prompt "liver" --output-dir results/
 exit codes: 0 ok; 2 bad input (missing image, bad config, missing weights); 1 a batch input failed
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tracker state kept per object, in frames (default 16: all SAM3 reads back); bounds memory on long videos",
     )
+    add_dicom_flags(p)
     add_set_flag(p, "model.name=/models/sam3")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
@@ -300,6 +303,8 @@ def _load_predictor(plan, args, opts, device=None):
     predictor = Predictor.from_plan(plan)
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     opts.adapter = predictor.adapter_origin
+    if opts.dicom is not None:  # DICOM outputs name the base model in their provenance
+        opts.dicom.base_model = getattr(predictor.model, "name_or_path", None) or plan.cfg.model.name
     return predictor
 
 
@@ -330,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
     logger.debug("run plan: %s", plan.describe())
     for message in plan.check_prompts(prompts, allow_unknown=args.allow_unknown):  # unknown: refused unless allowed
         logger.warning("%s", message)
+    dicom = dicom_export_from_args(args, plan.cfg)  # --dicom-seg / --rtstruct: input and code table checked now
     if args.video or args.propagate or (args.image and _is_video(args.image)):
         from .track import run_tracking  # video / propagation: SAM3's video model
 
@@ -354,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs.summary_csv import write_summary
 
     opts = _options(args, plan, prompts, boxes, labels, args.quiet)
+    opts.dicom = dicom
     if args.input_dir:
         # Under torchrun: one device per rank, inputs split by size, files merged on rank 0.
         dist_info, device = init_distributed(args.device)
@@ -392,9 +399,10 @@ def run(args: argparse.Namespace) -> int:
     for det in results:
         best = f" (best score {det.scores.max():.3f})" if len(det) else ""
         logger.info("  %r: %d detection(s)%s", det.prompt, len(det), best)
-    if args.output_dir:
-        process_image(predictor, loaded, Path(args.output_dir), opts, results=results)
-        logger.info("outputs -> %s/ (overlay.png, detections.json)", args.output_dir)
+    if args.output_dir or dicom is not None:  # DICOM outputs of a 2D image go to its output folder
+        out_dir = Path(args.output_dir) if args.output_dir else image_path.parent / f"{input_name(image_path)}_medsam3"
+        process_image(predictor, loaded, out_dir, opts, results=results)
+        logger.info("outputs -> %s/ (overlay.png, detections.json)", out_dir)
         if not (args.output or args.json or args.masks_dir):
             return 0
     _write_single_image(results, image, image_path, predictor, args)

@@ -47,6 +47,7 @@ from ..outputs import (
     write_json,
 )
 from ..outputs.summary_csv import SummaryWriter, summary_row, write_summary
+from .dicom_export import DicomExport, image_dicom_outputs, volume_dicom_outputs
 from .distributed import DistInfo, barrier, gather_to_main, path_bytes, shard_by_size
 from .inputs import LoadedInput, discover_inputs, load_input, output_names
 from .postprocess import Detections
@@ -98,6 +99,8 @@ class InferenceOptions:
         """What the Predictor is given: None lets it apply the per-concept record (the run plan's rule)."""
         return None if self.concept_thresholds else self.threshold
 
+    dicom: DicomExport | None = None  # --dicom-seg / --rtstruct (medsam3.inference.dicom_export)
+
 
 # -- one input ------------------------------------------------------------------------------------
 def _image_rows(path: Path, results: Sequence[Detections], seconds: float) -> list[dict]:
@@ -137,6 +140,9 @@ def process_image(
     if results is None:
         results = segment_image(predictor, image, opts)
     out_dir = Path(out_dir)
+    dicom_files = image_dicom_outputs(
+        loaded.path, results, image.rgb.shape[:2], out_dir, opts.dicom, adapter=opts.adapter, settings=_settings(opts)
+    )
     record, _ = write_image_outputs(
         results,
         image.rgb,
@@ -152,10 +158,17 @@ def process_image(
     seconds = time.perf_counter() - t0
     record["seconds"] = round(seconds, 3)
     record["summary_rows"] = _image_rows(loaded.path, results, seconds)
+    if dicom_files:
+        record["files"] = dicom_files
     write_json(record, out_dir / IMAGE_DONE)
     for d in results:
         logger.info("  %r: %d detection(s), %d px", d.prompt, len(d), int(d.semantic_mask().sum()))
     return record
+
+
+def _settings(opts: InferenceOptions) -> dict:
+    """The run's settings a DICOM object records as its algorithm parameters."""
+    return {"threshold": opts.threshold, "nms_iou": opts.nms_iou}
 
 
 def _montage_slices(seg: VolumeSegmentation, n: int) -> list[int]:
@@ -193,6 +206,11 @@ def write_volume_outputs(
             with atomic_path(out_dir / rel) as tmp:
                 label_map_image(mask.astype(np.uint8), volume).to_filename(tmp)
             written["binary_masks"].append(rel)
+    written.update(
+        volume_dicom_outputs(
+            volume, seg.labels, seg.prompts, out_dir, opts.dicom, adapter=opts.adapter, settings=_settings(opts)
+        )
+    )
     if opts.montage_slices > 0:
         ks = _montage_slices(seg, opts.montage_slices)
         tiles = [

@@ -184,3 +184,29 @@ def test_bad_uploads_say_what_is_wrong(service, tmp_path):
     with pytest.raises(ValueError, match="no volume index"):
         service.open(four_d)
     assert service.open(four_d, volume_index=1).n_slices == 3
+
+
+def test_zipped_dicom_series_downloads_include_seg_and_rtstruct(service, ct_series, tmp_path):
+    """A DICOM upload's downloads hold seg.dcm and rtstruct.dcm, the CLI's files, referencing the upload."""
+    pytest.importorskip("highdicom", reason="the DICOM SEG writer: pip install 'medsam3[dicom-out]'")
+    folder, _, _ = ct_series()
+    archive = tmp_path / "ct.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(folder.iterdir()):
+            zf.write(p, f"ct/{p.name}")
+    upload = service.open(archive)
+    result = service.segment_volume(upload, ["liver", "left kidney"], [], threshold=0.0, nms_iou=0.5)
+    names = {p.name for p in result.files}
+    assert {"labels.nii.gz", "seg.dcm", "rtstruct.dcm"} <= names
+    seg = pydicom.dcmread(next(p for p in result.files if p.name == "seg.dcm"))
+    sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in folder.iterdir()}
+    refs = {str(r.ReferencedSOPInstanceUID) for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert refs == sources
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "left kidney"]
+
+
+def test_non_dicom_uploads_get_no_dicom_files(service, image_file):
+    upload = service.open(image_file)
+    result = service.segment_image(upload, ["liver"], [], threshold=0.0, nms_iou=0.5)
+    files = service.write_image_outputs(upload, result)
+    assert not any(p.suffix == ".dcm" for p in files)

@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from ..console import print_error, setup_logging, user_errors
+from ..console import run_command, setup_logging
 from . import add_version_flag
 
 logger = logging.getLogger("medsam3.import")
@@ -118,15 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     logging.getLogger("medsam3.io").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; nothing was written\n")
-        return 130
-    except user_errors() as exc:
-        if args.verbose:
-            logger.exception("failed")
-        return print_error(PROG, exc)
+    return run_command(PROG, lambda: run(args), args.verbose, interrupted="nothing was written")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def test_allowed_unknown_prompt_is_marked_and_its_overlap_with_liver_is_counted(
         == 0
     )
     alone, both = _legend(tmp_path / "alone"), _legend(tmp_path / "both")
+    assert (alone["liver"]["voxels"], alone["liver"]["volume_ml"]) == (2199, 59.373)  # the README's quick start
     assert both["pancreas"]["unknown_concept"] is True and both["liver"]["unknown_concept"] is False
     liver = both["liver"]
     # The liver's own mask does not depend on other prompts; the label map's share of it is what is

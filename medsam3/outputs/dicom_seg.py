@@ -26,7 +26,7 @@ import numpy as np
 from .concept_codes import ConceptCode, local_scheme_identification
 from .files import atomic_path
 
-__all__ = ["Provenance", "Segment", "write_dicom_seg"]
+__all__ = ["Provenance", "Segment", "save_coded_dataset", "write_dicom_seg"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +160,16 @@ def write_dicom_seg(
         # An image without patient geometry (e.g. secondary capture): General Image's Patient Orientation
         # (type 2C) is required then, copied from the source, else empty (unknown).
         seg_ds.PatientOrientation = source_images[0].get("PatientOrientation", "")
+    return save_coded_dataset(seg_ds, segments, path)
+
+
+def save_coded_dataset(ds, segments: Sequence[Segment], path: str | Path) -> Path:
+    """Declare the local coding scheme if a segment uses it, then write ``ds`` atomically (SEG and RTSTRUCT)."""
     if any(s.concept.is_local for s in segments):
-        seg_ds.CodingSchemeIdentificationSequence = [local_scheme_identification()]
+        ds.CodingSchemeIdentificationSequence = [local_scheme_identification()]
     path = Path(path)
     with atomic_path(path) as tmp:
-        seg_ds.save_as(tmp, enforce_file_format=True)
+        ds.save_as(tmp, enforce_file_format=True)
     return path
 
 

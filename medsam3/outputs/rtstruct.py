@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .concept_codes import local_scheme_identification
-from .dicom_seg import Provenance, Segment
+from .dicom_seg import Provenance, Segment, save_coded_dataset
 from .files import atomic_path
 
 __all__ = ["ImagePlane", "mask_contours", "write_rtstruct"]
@@ -287,9 +287,4 @@ def write_rtstruct(
     ds.StructureSetROISequence = roi_items
     ds.ROIContourSequence = contour_items
     ds.RTROIObservationsSequence = observation_items
-    if any(s.concept.is_local for s in segments):
-        ds.CodingSchemeIdentificationSequence = [local_scheme_identification()]
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return path
+    return save_coded_dataset(ds, segments, path)

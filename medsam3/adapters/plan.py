@@ -220,7 +220,7 @@ def plan_run(
         raise AdapterError(f"--threshold must be in [0, 1], got {threshold:g}")
     sources = resolve_sources(cfg, weights)
     concepts: dict[str, list[str]] = {}
-    recorded_threshold: float | None = None
+    recorded_value: float | None = None
     recorded_from = ""
     per_concept: dict[str, float] = {}
     for folder in _metadata_dirs(sources):
@@ -228,12 +228,12 @@ def plan_run(
         if meta.concepts:
             concepts[str(folder)] = list(meta.concepts)
         if meta.threshold is not None:
-            recorded_threshold, recorded_from = meta.threshold, f"recorded in {folder}"
+            recorded_value, recorded_from = meta.threshold, f"recorded in {folder}"
         per_concept.update({k.lower(): v for k, v in meta.concept_thresholds.items()})
     if threshold is not None:
         chosen, origin = float(threshold), "--threshold"
-    elif recorded_threshold is not None:
-        chosen, origin = recorded_threshold, recorded_from
+    elif recorded_value is not None:
+        chosen, origin = recorded_value, recorded_from
     else:
         chosen, origin = DEFAULT_THRESHOLD, "default"
     device = device or sources.cfg.hardware.device

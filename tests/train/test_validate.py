@@ -152,3 +152,31 @@ def test_trainer_validation_dice_equals_medsam3_evaluate(tmp_path, tiny_checkpoi
     assert 0.0 < val["dice"] < 1.0, "the test needs a model that is neither empty nor perfect"
     fired = [bool((np.asarray(Image.open(saved[("img3.png", p)])) > 0).any()) for p in ("lesion", "kidney")]
     assert val["false_positive_rate"] == pytest.approx(sum(fired) / 2)
+
+
+def test_training_records_per_concept_thresholds_that_inference_applies(tmp_path, tiny_checkpoint):
+    from medsam3.adapters.plan import plan_run
+    from medsam3.train.validate import THRESHOLD_GRID
+
+    data = tmp_path / "data"
+    write_split(data / "valid")
+    write_split(data / "train")
+    config = tiny_train_config(
+        tmp_path,
+        tiny_checkpoint,
+        data,
+        training={"max_steps": 1, "eval_steps": 1, "save_steps": 1000, "num_negatives": 2},
+        evaluation={"metric": "dice", "threshold": THRESHOLD, "record_concept_thresholds": True},
+    )
+    result = train(load_config(config), show_progress=False)
+    (val,) = [
+        json.loads(line)
+        for line in (result.output_dir / "train_log.jsonl").read_text().splitlines()
+        if '"eval"' in line
+    ]
+    meta = json.loads((result.output_dir / "best_lora_weights" / "medsam3_adapter.json").read_text())
+    assert meta["threshold"] == THRESHOLD and meta["concept_thresholds"] == val["concept_thresholds"]
+    assert set(meta["concept_thresholds"]) == {"lesion", "kidney"}
+    assert set(meta["concept_thresholds"].values()) <= {THRESHOLD, *THRESHOLD_GRID}
+    plan = plan_run(load_config(config), str(result.output_dir / "best_lora_weights"), check_hub=False)
+    assert {c: plan.threshold_for(c) for c in ("lesion", "kidney")} == meta["concept_thresholds"]

@@ -12,7 +12,7 @@ from medsam3.cli.infer import main
 from medsam3.config import load_config
 from medsam3.inference.predictor import Predictor
 from medsam3.outputs import decode_rle
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 PROMPTS = ["liver", "tumor", "left kidney"]
 
@@ -22,10 +22,6 @@ def image_file(tmp_path, rgb_image):
     path = tmp_path / "scan.png"
     Image.fromarray(rgb_image).save(path)
     return path
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
 
 
 def test_cli_writes_overlay_json_and_masks_matching_the_predictor(tmp_path, tiny_config, image_file, rgb_image):

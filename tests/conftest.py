@@ -7,6 +7,7 @@ Test modules import helpers from here (``from tests.conftest import ...``), neve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -70,6 +71,36 @@ def write_config(path: Path, model_name: str | Path, **sections) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path, tiny_checkpoint) -> Path:
     return write_config(tmp_path / "tiny.yaml", tiny_checkpoint, hardware={"device": "cpu"})
+
+
+@pytest.fixture
+def image_file(tmp_path, rgb_image) -> Path:
+    """``rgb_image`` saved as a PNG."""
+    from PIL import Image
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(rgb_image).save(path)
+    return path
+
+
+@contextlib.contextmanager
+def single_torch_thread():
+    """Tiny models run fastest single-threaded; two threads on a shared 2-core box oversubscribe badly."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The test runs with one torch thread (see :func:`single_torch_thread`)."""
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

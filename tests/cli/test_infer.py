@@ -17,13 +17,6 @@ from tests.conftest import REPO, run_cli
 PROMPTS = ["liver", "tumor", "left kidney"]
 
 
-@pytest.fixture
-def image_file(tmp_path, rgb_image):
-    path = tmp_path / "scan.png"
-    Image.fromarray(rgb_image).save(path)
-    return path
-
-
 def test_cli_writes_overlay_json_and_masks_matching_the_predictor(tmp_path, tiny_config, image_file, rgb_image):
     out_png, out_json, masks_dir = tmp_path / "out.png", tmp_path / "res.json", tmp_path / "masks"
     code = run_cli(

@@ -1,8 +1,19 @@
-"""Shared fixtures: a tiny random SAM3 checkpoint on disk, loaded like a real one."""
+"""Shared fixtures and helpers: a tiny random SAM3 checkpoint on disk, loaded like a real one; how the
+tests run our entry points (in-process, as scripts, under torchrun); hub caches, adapters and videos
+that several test folders build.
+
+Test modules import helpers from here (``from tests.conftest import ...``), never from each other.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +71,36 @@ def write_config(path: Path, model_name: str | Path, **sections) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path, tiny_checkpoint) -> Path:
     return write_config(tmp_path / "tiny.yaml", tiny_checkpoint, hardware={"device": "cpu"})
+
+
+@pytest.fixture
+def image_file(tmp_path, rgb_image) -> Path:
+    """``rgb_image`` saved as a PNG."""
+    from PIL import Image
+
+    path = tmp_path / "scan.png"
+    Image.fromarray(rgb_image).save(path)
+    return path
+
+
+@contextlib.contextmanager
+def single_torch_thread():
+    """Tiny models run fastest single-threaded; two threads on a shared 2-core box oversubscribe badly."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The test runs with one torch thread (see :func:`single_torch_thread`)."""
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -179,3 +220,150 @@ def enhanced_ct(ct_series, tmp_path):
         return path, hu, positions
 
     return build
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def run_cli(*args, main: Callable[[Sequence[str]], int] | None = None) -> int:
+    """An entry point's ``main`` (default: ``infer_sam.py``'s) in-process, every argument as a string; its exit code."""
+    if main is None:
+        from medsam3.cli.infer import main
+    return main([str(a) for a in args])
+
+
+# Subprocesses import this checkout, offline, one thread each (so ranks compute bit-identical numbers).
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def python_cmd(script: str, *args) -> list[str]:
+    """``python <repo>/<script> args...``"""
+    return [sys.executable, str(REPO / script), *[str(a) for a in args]]
+
+
+def torchrun_cmd(script: str, *args, nproc: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node <nproc> <repo>/<script> args...``"""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(REPO / script),
+        *[str(a) for a in args],
+    ]
+
+
+def run_process(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with :data:`SUBPROCESS_ENV`, capturing its text output."""
+    return subprocess.run(cmd, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=timeout, cwd=cwd)
+
+
+# ------------------------------------------------------------------------------------------ hub
+COMMIT = "1" * 40
+
+
+def closed_port_url() -> str:
+    """A local URL nothing listens on: connections are refused at once (an unreachable hub, no network)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def cache_repo(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> Path:
+    """Lay files out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/...)."""
+    root = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    snapshot = root / "snapshots" / COMMIT
+    for name, source in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, snapshot / name)
+    return snapshot
+
+
+# ------------------------------------------------------------------------------------------ upstream adapters
+RANK, ALPHA = 4, 8.0
+POINT_LAYERS = {
+    "geometry_encoder.points_direct_project": (4, None),
+    "geometry_encoder.points_pool_project": (None, None),
+    "geometry_encoder.points_pos_enc_project": (None, None),
+}
+
+
+def make_upstream_adapter(model, rank: int = RANK, seed: int = 0) -> dict:
+    """An adapter as upstream would save it for ``model``: Meta names, fused qkv, point-prompt layers."""
+    import torch
+
+    from medsam3.adapters.upstream import meta_module_for
+    from medsam3.config import load_config
+    from medsam3.model.lora_targets import select_lora_targets
+
+    gen = torch.Generator().manual_seed(seed)
+    lora = load_config(FULL_CONFIG).lora
+    modules = dict(model.named_modules())
+    state = {}
+    for hf in select_lora_targets(model.named_modules(), lora):
+        mapping, block = meta_module_for(hf)
+        key = mapping.meta_module + ".lora.lora_"
+        if key + "A" in state:
+            continue
+        in_f = modules[hf].in_features
+        out_f = sum(modules[h].out_features for h in mapping.hf_modules)
+        state[key + "A"] = torch.randn(in_f, rank, generator=gen) * 0.3
+        state[key + "B"] = torch.randn(rank, out_f, generator=gen) * 0.3
+    hidden = model.config.geometry_encoder_config.hidden_size
+    for name, (in_f, _) in POINT_LAYERS.items():
+        state[f"{name}.lora.lora_A"] = torch.randn(in_f or hidden, rank, generator=gen)
+        state[f"{name}.lora.lora_B"] = torch.randn(rank, hidden, generator=gen)
+    return state
+
+
+def config_for(tmp_path: Path, tiny_checkpoint: Path, *extra: str):
+    """The shipped config on ``tiny_checkpoint`` with the upstream adapter's rank and alpha, on CPU."""
+    from medsam3.config import load_config
+
+    return load_config(
+        FULL_CONFIG,
+        [
+            f"model.name={tiny_checkpoint}",
+            f"lora.rank={RANK}",
+            f"lora.alpha={ALPHA}",
+            "hardware.device=cpu",
+            f"output.output_dir={tmp_path / 'out'}",
+            *extra,
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------ video
+def write_disc_video(path: Path, n: int = 6, fps: float = 12.0, h: int = 72, w: int = 96) -> Path:
+    """A moving, resizing disc as mp4."""
+    import cv2
+
+    yy, xx = np.mgrid[:h, :w]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(n):
+        f = np.full((h, w, 3), 30, np.uint8)
+        f[(yy - 36) ** 2 + (xx - 20 - 5 * i) ** 2 < (9 + i % 3) ** 2] = 220
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def video_cli_args(checkpoint: Path, out_dir: Path, threshold: str = "0.0") -> list[str]:
+    """``infer_sam.py`` flags for a video run on ``checkpoint`` without an adapter, on CPU, quiet."""
+    return [
+        "--weights",
+        "none",
+        "--set",
+        f"model.name={checkpoint}",
+        "--threshold",
+        threshold,
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out_dir),
+        "-q",
+    ]

@@ -6,8 +6,6 @@ out the way huggingface_hub caches them and read by the real huggingface_hub / t
 
 from __future__ import annotations
 
-import shutil
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -18,28 +16,7 @@ from medsam3.adapters import hub
 from medsam3.adapters.errors import HubUnavailableError
 from medsam3.adapters.plan import plan_run
 from medsam3.config import config_from_dict, load_config
-
-COMMIT = "1" * 40
-
-
-def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now: connections are refused at once
-    return f"http://127.0.0.1:{port}"
-
-
-def cache_repo(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> Path:
-    """Lay files out as huggingface_hub's cache does (refs/main -> snapshots/<commit>/...)."""
-    root = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    snapshot = root / "snapshots" / COMMIT
-    for name, source in files.items():
-        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, snapshot / name)
-    return snapshot
+from tests.conftest import cache_repo, closed_port_url
 
 
 @pytest.fixture

@@ -19,42 +19,16 @@ from medsam3.adapters.upstream import (
     export_upstream_file,
     load_upstream_file,
     map_meta_module,
-    meta_module_for,
     upstream_to_peft,
 )
-from medsam3.config import load_config
 from medsam3.inference.predictor import Predictor
-from medsam3.model.lora_targets import select_lora_targets
-from tests.conftest import FULL_CONFIG, medsam3_v1_key_rows
-
-RANK, ALPHA = 4, 8.0
-POINT_LAYERS = {
-    "geometry_encoder.points_direct_project": (4, None),
-    "geometry_encoder.points_pool_project": (None, None),
-    "geometry_encoder.points_pos_enc_project": (None, None),
-}
-
-
-def make_upstream_adapter(model: Sam3Model, rank=RANK, seed=0) -> dict[str, torch.Tensor]:
-    """An adapter as upstream would save it for ``model``: Meta names, fused qkv, point-prompt layers."""
-    gen = torch.Generator().manual_seed(seed)
-    lora = load_config(FULL_CONFIG).lora
-    modules = dict(model.named_modules())
-    state = {}
-    for hf in select_lora_targets(model.named_modules(), lora):
-        mapping, block = meta_module_for(hf)
-        key = mapping.meta_module + ".lora.lora_"
-        if key + "A" in state:
-            continue
-        in_f = modules[hf].in_features
-        out_f = sum(modules[h].out_features for h in mapping.hf_modules)
-        state[key + "A"] = torch.randn(in_f, rank, generator=gen) * 0.3
-        state[key + "B"] = torch.randn(rank, out_f, generator=gen) * 0.3
-    hidden = model.config.geometry_encoder_config.hidden_size
-    for name, (in_f, _) in POINT_LAYERS.items():
-        state[f"{name}.lora.lora_A"] = torch.randn(in_f or hidden, rank, generator=gen)
-        state[f"{name}.lora.lora_B"] = torch.randn(rank, hidden, generator=gen)
-    return state
+from tests.conftest import (
+    ALPHA,
+    RANK,
+    config_for,
+    make_upstream_adapter,
+    medsam3_v1_key_rows,
+)
 
 
 def merge_by_hand(model: Sam3Model, state: dict[str, torch.Tensor], alpha=ALPHA) -> Sam3Model:
@@ -91,20 +65,6 @@ def upstream_pt(tmp_path, tiny_checkpoint):
     path = tmp_path / "best_lora_weights.pt"
     torch.save(state, path)
     return path, state
-
-
-def config_for(tmp_path, tiny_checkpoint, *extra):
-    return load_config(
-        FULL_CONFIG,
-        [
-            f"model.name={tiny_checkpoint}",
-            f"lora.rank={RANK}",
-            f"lora.alpha={ALPHA}",
-            "hardware.device=cpu",
-            f"output.output_dir={tmp_path / 'out'}",
-            *extra,
-        ],
-    )
 
 
 def test_upstream_adapter_matches_hand_merged_weights(tmp_path, tiny_checkpoint, upstream_pt, rgb_image, caplog):

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
@@ -22,13 +21,6 @@ from medsam3.inference.predictor import Predictor
 @pytest.fixture
 def service(tiny_config, tmp_path) -> AppService:
     return AppService(Predictor.from_config(load_config(tiny_config), weights="none"), work_dir=tmp_path / "work")
-
-
-@pytest.fixture
-def image_file(tmp_path, rgb_image) -> Path:
-    path = tmp_path / "scan.png"
-    Image.fromarray(rgb_image).save(path)
-    return path
 
 
 def _same(a, b) -> None:

@@ -12,8 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from tests.adapters.test_hub_offline import closed_port_url
-from tests.conftest import REPO
+from tests.conftest import REPO, closed_port_url
 
 
 @pytest.mark.parametrize("offline_env", [None, "1"], ids=["HF_HUB_OFFLINE unset", "HF_HUB_OFFLINE=1"])

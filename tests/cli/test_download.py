@@ -23,12 +23,10 @@ from medsam3.__main__ import main as python_m_medsam3
 from medsam3.adapters import hub
 from medsam3.adapters.peft_format import save_adapter
 from medsam3.cli.download import main as download_main
-from medsam3.cli.infer import main as infer_main
 from medsam3.config import load_config
 from medsam3.inference.predictor import Predictor
 from medsam3.model import add_lora, load_base_model
-from tests.adapters.test_hub_offline import cache_repo, closed_port_url
-from tests.conftest import write_config
+from tests.conftest import cache_repo, closed_port_url, run_cli, write_config
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -107,7 +105,7 @@ def test_download_then_offline_inference(tmp_path, reachable_hub, tiny_checkpoin
     Image.fromarray(rgb_image).save(image)
     out = tmp_path / "res.json"
     args = ["--config", config, "--weights", "tiny-org/adapter", "--image", image, "--prompt", "liver"]
-    assert infer_main([str(a) for a in [*args, "--threshold", "0", "--json", out, "--output", tmp_path / "o.png"]]) == 0
+    assert run_cli(*args, "--threshold", "0", "--json", out, "--output", tmp_path / "o.png") == 0
     got = json.loads(out.read_text())
     local = write_config(tmp_path / "local.yaml", tiny_checkpoint)
     predictor = Predictor.from_config(load_config(local), weights=str(tiny_adapter), device="cpu")

@@ -12,20 +12,9 @@ from medsam3.cli.infer import main
 from medsam3.config import load_config
 from medsam3.inference.predictor import Predictor
 from medsam3.outputs import decode_rle
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 
 PROMPTS = ["liver", "tumor", "left kidney"]
-
-
-@pytest.fixture
-def image_file(tmp_path, rgb_image):
-    path = tmp_path / "scan.png"
-    Image.fromarray(rgb_image).save(path)
-    return path
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
 
 
 def test_cli_writes_overlay_json_and_masks_matching_the_predictor(tmp_path, tiny_config, image_file, rgb_image):

@@ -14,10 +14,10 @@ import tifffile
 from PIL import Image
 from pycocotools.coco import COCO
 
-from medsam3.cli.infer import main
 from medsam3.inference.inputs import discover_inputs, output_names
 from medsam3.inference.predictor import Predictor
 from medsam3.outputs import decode_rle
+from tests.conftest import run_cli
 
 PROMPTS = ["liver", "tumor"]
 CORRUPT = {"broken.png", "truncated.nii.gz"}
@@ -77,10 +77,6 @@ def mixed_dir(tmp_path_factory):
     (d / "images_folder").mkdir()  # a folder without DICOM: not an input
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "images_folder" / "x.png")
     return d
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
 
 
 def test_discovery_folder_glob_and_list(mixed_dir, tmp_path):

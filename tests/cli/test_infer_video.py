@@ -10,40 +10,13 @@ import pytest
 
 from medsam3.cli.infer import main
 from medsam3.outputs import decode_rle
-
-
-def write_disc_video(path, n=6, fps=12.0, h=72, w=96):
-    """A moving, resizing disc as mp4."""
-    yy, xx = np.mgrid[:h, :w]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for i in range(n):
-        f = np.full((h, w, 3), 30, np.uint8)
-        f[(yy - 36) ** 2 + (xx - 20 - 5 * i) ** 2 < (9 + i % 3) ** 2] = 220
-        writer.write(f)
-    writer.release()
-    return path
-
-
-def common(checkpoint, out_dir, threshold="0.0"):
-    return [
-        "--weights",
-        "none",
-        "--set",
-        f"model.name={checkpoint}",
-        "--threshold",
-        threshold,
-        "--device",
-        "cpu",
-        "--output-dir",
-        str(out_dir),
-        "-q",
-    ]
+from tests.conftest import video_cli_args, write_disc_video
 
 
 def test_video_end_to_end(tmp_path, tiny_video_checkpoint):
     video = write_disc_video(tmp_path / "clip.mp4")
     out = tmp_path / "out"
-    assert main(["--video", str(video), "--prompt", "liver", "tumor", *common(tiny_video_checkpoint, out)]) == 0
+    assert main(["--video", str(video), "--prompt", "liver", "tumor", *video_cli_args(tiny_video_checkpoint, out)]) == 0
     cap = cv2.VideoCapture(str(out / "overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
     assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (96, 72)
@@ -65,14 +38,14 @@ def test_video_end_to_end(tmp_path, tiny_video_checkpoint):
 def test_image_flag_with_a_video_file_tracks_too(tmp_path, tiny_video_checkpoint):
     video = write_disc_video(tmp_path / "clip.mp4", n=3)
     out = tmp_path / "out"
-    assert main(["--image", str(video), "--prompt", "liver", *common(tiny_video_checkpoint, out)]) == 0
+    assert main(["--image", str(video), "--prompt", "liver", *video_cli_args(tiny_video_checkpoint, out)]) == 0
     assert json.loads((out / "tracks.json").read_text())["n_frames"] == 3
 
 
 def test_nothing_found_is_an_empty_result_not_an_error(tmp_path, tiny_video_checkpoint, caplog):
     video = write_disc_video(tmp_path / "clip.mp4", n=3)
     out = tmp_path / "out"
-    assert main(["--video", str(video), "--prompt", "liver", *common(tiny_video_checkpoint, out, "1.0")]) == 0
+    assert main(["--video", str(video), "--prompt", "liver", *video_cli_args(tiny_video_checkpoint, out, "1.0")]) == 0
     data = json.loads((out / "tracks.json").read_text())
     assert data["n_frames"] == 3 and all(f["objects"] == [] for f in data["frames"]) and data["objects"] == {}
     assert "no object found for 'liver'" in caplog.text
@@ -82,7 +55,9 @@ def test_nothing_found_is_an_empty_result_not_an_error(tmp_path, tiny_video_chec
 def test_bad_video_is_one_line_and_exit_2(tmp_path, tiny_video_checkpoint, capsys):
     fake = tmp_path / "clip.mp4"
     fake.write_text("not a video")
-    assert main(["--video", str(fake), "--prompt", "liver", *common(tiny_video_checkpoint, tmp_path / "o")]) == 2
+    assert (
+        main(["--video", str(fake), "--prompt", "liver", *video_cli_args(tiny_video_checkpoint, tmp_path / "o")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("infer_sam.py: error: Cannot read") and "clip.mp4" in err[0]
     image_only = tmp_path / "image_only"
@@ -90,7 +65,7 @@ def test_bad_video_is_one_line_and_exit_2(tmp_path, tiny_video_checkpoint, capsy
 
     build_tiny_checkpoint(image_only)
     video = write_disc_video(tmp_path / "ok.mp4", n=2)
-    assert main(["--video", str(video), "--prompt", "liver", *common(image_only, tmp_path / "o2")]) == 2
+    assert main(["--video", str(video), "--prompt", "liver", *video_cli_args(image_only, tmp_path / "o2")]) == 2
     assert "without SAM3's tracker" in capsys.readouterr().err
 
 
@@ -102,7 +77,7 @@ def test_propagate_writes_label_map_aligned_with_the_input(tmp_path, tiny_video_
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
     out = tmp_path / "seg"
-    args = ["--image", str(path), "--propagate", "--prompt", "liver", *common(tiny_video_checkpoint, out)]
+    args = ["--image", str(path), "--propagate", "--prompt", "liver", *video_cli_args(tiny_video_checkpoint, out)]
     assert main(args) == 0
     labels = nib.load(out / "labels.nii.gz")
     assert labels.shape == data.shape
@@ -117,6 +92,16 @@ def test_propagate_writes_label_map_aligned_with_the_input(tmp_path, tiny_video_
 def test_propagate_needs_a_volume(tmp_path, tiny_video_checkpoint, capsys):
     video = write_disc_video(tmp_path / "clip.mp4", n=2)
     assert (
-        main(["--video", str(video), "--propagate", "--prompt", "liver", *common(tiny_video_checkpoint, tmp_path)]) == 2
+        main(
+            [
+                "--video",
+                str(video),
+                "--propagate",
+                "--prompt",
+                "liver",
+                *video_cli_args(tiny_video_checkpoint, tmp_path),
+            ]
+        )
+        == 2
     )
     assert "--propagate tracks through the slices of a volume" in capsys.readouterr().err

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 import medsam3.inference.predictor as predictor_module
-from medsam3.cli.infer import main
 from medsam3.inference.postprocess import Detections
 from medsam3.inference.predictor import Predictor, to_rgb_array
+from tests.conftest import run_cli
 
 PROMPTS = ["liver", "tumor"]
 SHAPE = (24, 18, 7)
@@ -100,10 +100,6 @@ def injected(monkeypatch):
     monkeypatch.setattr(Predictor, "encode_images", encode)
     monkeypatch.setattr(predictor_module, "postprocess_query_outputs", post)
     return state
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
 
 
 @pytest.mark.parametrize(

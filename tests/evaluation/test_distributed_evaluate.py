@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-from tests.evaluation.test_evaluate import make_eval_set
-from tests.inference.test_distributed import python_cmd, run, torchrun_cmd
+from tests.conftest import python_cmd, run_process, torchrun_cmd
+from tests.evaluation.conftest import make_eval_set
 
 
 def _read(out):
@@ -35,9 +35,9 @@ def test_two_ranks_give_the_one_process_rows_and_summary(tmp_path, tiny_config):
         "0.3",
         "--coco-map",
     ]
-    one = run(python_cmd("scripts/evaluate.py", *common, "--output-dir", tmp_path / "one", "-q"), tmp_path)
+    one = run_process(python_cmd("scripts/evaluate.py", *common, "--output-dir", tmp_path / "one", "-q"), tmp_path)
     assert one.returncode == 1, one.stderr[-3000:]  # the unreadable image is a listed failure
-    two = run(torchrun_cmd("scripts/evaluate.py", *common, "--output-dir", tmp_path / "two"), tmp_path)
+    two = run_process(torchrun_cmd("scripts/evaluate.py", *common, "--output-dir", tmp_path / "two"), tmp_path)
     assert two.returncode != 0
     assert "rank 0 of 2" in two.stderr and "rank 1 of 2" in two.stderr, two.stderr[-3000:]
 

@@ -16,146 +16,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from medsam3.cli.evaluate import main
 from medsam3.config import load_config
 from medsam3.evaluation import protocol as ev
 from medsam3.evaluation.metrics import compute_all, summarize
 from medsam3.inference.postprocess import Detections
 from medsam3.inference.predictor import Predictor
 from tests.conftest import REPO
-
-SIZE = 64
-AFFINE = np.array([[0.8, 0, 0, -20.0], [0, 0.9, 0, 10.0], [0, 0, 2.5, 5.0], [0, 0, 0, 1]])
-LABEL_PROMPTS = {"1": "liver", "2": "spleen"}
+from tests.evaluation.conftest import BIG, BIG_BOX, LABEL_PROMPTS, SIZE, SMALL, make_coco, make_volume, run_evaluate
 
 # pycocotools' decode under numpy 2 (not ours)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-# ------------------------------------------------------------------------------------------ data
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def _image(seed: int, masks: list[np.ndarray]) -> np.ndarray:
-    rng = np.random.RandomState(seed)
-    img = (rng.rand(SIZE, SIZE, 3) * 50 + 40).astype(np.uint8)
-    for k, m in enumerate(masks):
-        img[m] = (200 - 60 * k, 180, 160 + 40 * k)
-    return img
-
-
-def _box_mask(r0, r1, c0, c1) -> np.ndarray:
-    m = np.zeros((SIZE, SIZE), bool)
-    m[r0:r1, c0:c1] = True
-    return m
-
-
-# a.png: liver in two components (big rows 10-29 x cols 12-39, small rows 45-49 x cols 50-54), kidney disc
-BIG, SMALL = _box_mask(10, 30, 12, 40), _box_mask(45, 50, 50, 55)
-BIG_BOX = [12.0, 10.0, 40.0, 30.0]
-
-
-def make_coco(root: Path, corrupt: bool = False) -> Path:
-    """Roboflow layout root/test/_annotations.coco.json: 3 images, liver + kidney (prompt 'left kidney')."""
-    split = root / "test"
-    split.mkdir(parents=True)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    disc = (yy - 40) ** 2 + (xx - 20) ** 2 < 8**2
-    specs = {
-        "a.png": [(1, BIG), (1, SMALL), (2, disc)],
-        "b.png": [(1, _box_mask(20, 44, 20, 50)), (2, _box_mask(5, 15, 5, 20))],
-        "c.png": [(1, _box_mask(30, 60, 30, 60))],  # kidney absent here
-    }
-    images, anns = [], []
-    for i, (name, inst) in enumerate(specs.items(), start=1):
-        Image.fromarray(_image(i, [m for _, m in inst])).save(split / name)
-        images.append({"id": i, "file_name": name, "height": SIZE, "width": SIZE})
-        for cat, m in inst:
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": i,
-                    "category_id": cat,
-                    "segmentation": _rle(m),
-                    "area": float(m.sum()),
-                    "bbox": [0, 0, 1, 1],
-                    "iscrowd": 0,
-                }
-            )
-    # b.png's liver also as a polygon, to exercise polygons (inside the box mask already)
-    anns.append(
-        {
-            "id": len(anns) + 1,
-            "image_id": 2,
-            "category_id": 1,
-            "segmentation": [[22, 22, 30, 22, 30, 30, 22, 30]],
-            "area": 64.0,
-            "bbox": [22, 22, 8, 8],
-            "iscrowd": 0,
-        }
-    )
-    if corrupt:
-        (split / "broken.png").write_bytes(b"this is not a png")
-        images.append({"id": 9, "file_name": "broken.png", "height": SIZE, "width": SIZE})
-        anns.append(
-            {
-                "id": 99,
-                "image_id": 9,
-                "category_id": 1,
-                "segmentation": _rle(BIG),
-                "area": 1.0,
-                "bbox": [0, 0, 1, 1],
-                "iscrowd": 0,
-            }
-        )
-    cats = [
-        {"id": 0, "name": "organs", "supercategory": "none"},
-        {"id": 1, "name": "liver"},
-        {"id": 2, "name": "kidney", "prompt": "left kidney"},
-    ]
-    path = split / "_annotations.coco.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return path
-
-
-def make_volume(
-    image_dir: Path, label_dir: Path, name: str = "case1", depth: int = 8, label_shape: tuple | None = None
-) -> tuple[Path, Path]:
-    """A 64x64xdepth volume (anisotropic spacing, non-trivial display reorientation) + label map.
-
-    Label 1 in slices 2-5, with two components of different size on slice 4; label 2 in slices 3-6;
-    slices 0, 1 and 7 are empty (text only in text+box).
-    """
-    image_dir.mkdir(parents=True, exist_ok=True)
-    label_dir.mkdir(parents=True, exist_ok=True)
-    labels = np.zeros((SIZE, SIZE, depth), np.uint8)
-    labels[10:40, 15:35, 2:6] = 1
-    labels[50:54, 50:60, 4] = 1  # small second component on slice 4
-    labels[40:60, 5:20, 3:7] = 2
-    rng = np.random.RandomState(0)
-    data = (rng.rand(SIZE, SIZE, depth) * 100).astype(np.float32) + 400 * (labels == 1) + 800 * (labels == 2)
-    img_path, lab_path = image_dir / f"{name}_0000.nii.gz", label_dir / f"{name}.nii.gz"
-    nib.Nifti1Image(data, AFFINE).to_filename(img_path)
-    if label_shape is not None:
-        labels = np.zeros(label_shape, np.uint8)
-    nib.Nifti1Image(labels, AFFINE).to_filename(lab_path)
-    return img_path, lab_path
-
-
-def make_eval_set(root: Path, corrupt: bool = False) -> list:
-    """A 2D COCO set (3 images; + an unreadable one with ``corrupt``) and two 3D cases: CLI arguments naming them."""
-    coco = make_coco(root / "coco", corrupt=corrupt)
-    images, labels = root / "imagesTs", root / "labelsTs"
-    make_volume(images, labels, "case1")
-    make_volume(images, labels, "case2", depth=6)
-    prompts = root / "labels.json"
-    prompts.write_text(json.dumps(LABEL_PROMPTS))
-    return ["--coco", coco, "--image-dir", images, "--label-dir", labels, "--label-prompts", prompts]
 
 
 @pytest.fixture
@@ -166,10 +38,6 @@ def data(tmp_path):
     prompts = tmp_path / "labels.json"
     prompts.write_text(json.dumps(LABEL_PROMPTS))
     return {"coco": coco, "data_dir": tmp_path / "coco", "images": images, "labels": labels, "prompts": prompts}
-
-
-def run_cli(config, *args) -> int:
-    return main(["--config", str(config), "--weights", "none", "-q", *[str(a) for a in args]])
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -236,7 +104,7 @@ def test_largest_component_box():
 
 def test_end_to_end_2d_and_3d_reports_match_saved_predictions(tmp_path, tiny_config, data):
     out = tmp_path / "eval"
-    code = run_cli(
+    code = run_evaluate(
         tiny_config,
         "--data-dir",
         data["data_dir"],
@@ -314,7 +182,7 @@ def test_3d_text_predictions_equal_the_predictors_slice_batches(tmp_path, tiny_c
     """The evaluator's batched rows + reassembly give what Predictor.predict_images + labels_from_slices give."""
     out = tmp_path / "eval"
     assert (
-        run_cli(
+        run_evaluate(
             tiny_config,
             "--image-dir",
             data["images"],
@@ -364,7 +232,7 @@ def test_text_box_protocol_passes_the_largest_component_box_2d(tmp_path, tiny_co
     one.write_text(json.dumps(ann))
     out = tmp_path / "eval"
     assert (
-        run_cli(
+        run_evaluate(
             tiny_config,
             "--coco",
             one,
@@ -388,7 +256,7 @@ def test_text_box_protocol_passes_the_largest_component_box_per_slice_3d(tmp_pat
     calls = _spy_rows(monkeypatch)
     out = tmp_path / "eval"
     assert (
-        run_cli(
+        run_evaluate(
             tiny_config,
             "--image-dir",
             data["images"],
@@ -440,14 +308,14 @@ def test_threshold_sweep_runs_the_model_once_and_agrees_with_separate_runs(tmp_p
     )
     common = ["--data-dir", data["data_dir"], "--protocol", "text", "text+box", "--nms-iou", "1"]
     sweep = tmp_path / "sweep"
-    assert run_cli(tiny_config, *common, "--thresholds", *thresholds, "--output-dir", sweep) == 0
+    assert run_evaluate(tiny_config, *common, "--thresholds", *thresholds, "--output-dir", sweep) == 0
     assert encodes == [1, 1, 1], "one vision pass per image for all thresholds and protocols"
     sweep_rows = {(r["case_id"], r["concept"], r["protocol"], float(r["threshold"])): r for r in read_rows(sweep)}
 
     dice_by = defaultdict(lambda: defaultdict(list))
     for t in thresholds:
         single = tmp_path / f"single_{t}"
-        assert run_cli(tiny_config, *common, "--thresholds", t, "--output-dir", single) == 0
+        assert run_evaluate(tiny_config, *common, "--thresholds", t, "--output-dir", single) == 0
         for r in read_rows(single):
             s = sweep_rows[(r["case_id"], r["concept"], r["protocol"], float(t))]
             for key in ("dice", "iou", "nsd", "hd95", "pred_size_px"):
@@ -477,7 +345,7 @@ def test_failing_cases_are_reported_and_not_fatal(tmp_path, tiny_config, capsys)
     prompts = tmp_path / "labels.json"
     prompts.write_text(json.dumps(LABEL_PROMPTS))
     out = tmp_path / "eval"
-    code = run_cli(
+    code = run_evaluate(
         tiny_config,
         "--data-dir",
         tmp_path / "coco",
@@ -539,7 +407,7 @@ def test_perfect_predictions_give_dice_1_and_coco_ap_1(tmp_path, tiny_config, da
     monkeypatch.setattr(ev, "_predict_rows", fake_predict_rows)
     monkeypatch.setattr(ev.Evaluator, "evaluate_image", track)
     out = tmp_path / "eval"
-    assert run_cli(tiny_config, "--data-dir", data["data_dir"], "--coco-map", "--output-dir", out) == 0
+    assert run_evaluate(tiny_config, "--data-dir", data["data_dir"], "--coco-map", "--output-dir", out) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert all(r["dice"]["mean"] == 1.0 and r["nsd"]["mean"] == 1.0 for r in summary["results"])
     cmap = summary["coco_map"]["text"]
@@ -551,7 +419,7 @@ def test_volume_pairs_csv_and_label_map_checks(tmp_path, tiny_config, data):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("image,label,modality\nimagesTs/case1_0000.nii.gz,labelsTs/case1.nii.gz,CT\n")
     out = tmp_path / "eval"
-    assert run_cli(tiny_config, "--volumes", pairs, "--label-prompts", data["prompts"], "--output-dir", out) == 0
+    assert run_evaluate(tiny_config, "--volumes", pairs, "--label-prompts", data["prompts"], "--output-dir", out) == 0
     rows = read_rows(out)
     assert {(r["case_id"], r["modality"], r["concept"]) for r in rows} == {
         ("case1", "CT", "liver"),
@@ -577,7 +445,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, tiny_config, data, capsys,
     bad = tmp_path / "bad.yaml"
     bad.write_text("liver: 1\n")
     fill = {"images": data["images"], "labels": data["labels"], "data_dir": data["data_dir"], "bad_prompts": bad}
-    assert run_cli(tiny_config, *[a.format(**fill) for a in args], "--output-dir", tmp_path / "o") == 2
+    assert run_evaluate(tiny_config, *[a.format(**fill) for a in args], "--output-dir", tmp_path / "o") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("evaluate.py: error: ") and message in err and "\n" not in err
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medsam3.evaluation import METRICS
-from tests.evaluation.test_evaluate import make_eval_set, run_cli
+from tests.evaluation.conftest import make_eval_set, run_evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -22,7 +22,7 @@ def _csv(path):
 
 def test_summary_csv_has_mean_std_median_per_concept(tmp_path, tiny_config):
     out = tmp_path / "eval"
-    code = run_cli(
+    code = run_evaluate(
         tiny_config,
         *make_eval_set(tmp_path),
         "--thresholds",

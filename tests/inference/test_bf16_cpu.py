@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from medsam3.cli.infer import main
 from medsam3.config import ModelConfig
 from medsam3.inference.postprocess import detection_scores
 from medsam3.inference.predictor import Predictor
 from medsam3.model import load_base_model
-from tests.conftest import write_config
+from tests.conftest import run_cli, write_config
 from tests.train.conftest import build_learnable_tiny_checkpoint
 
 SCORE_TOL = 0.02
@@ -80,7 +79,7 @@ def test_volume_cli_bf16_on_cpu_matches_fp32(tmp_path, learnable):
         out = tmp_path / precision
         args = ["--config", config, "--weights", "none", "--image", tmp_path / "ct.nii.gz", "--prompt", "liver"]
         args += ["spleen", "--threshold", "0.0", "--precision", precision, "--output-dir", out, "--montage", "0", "-q"]
-        assert main([str(a) for a in args]) == 0
+        assert run_cli(*args) == 0
         legends[precision] = json.loads((out / "legend.json").read_text())
         labels[precision] = np.asarray(nib.load(out / "labels.nii.gz").dataobj)
     for a, b in zip(legends["fp32"]["labels"][1:], legends["bf16"]["labels"][1:]):

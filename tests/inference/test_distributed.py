@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,31 +23,9 @@ from PIL import Image
 
 from medsam3.inference.distributed import path_bytes, shard_by_size
 from medsam3.inference.inputs import discover_inputs
-from tests.conftest import REPO
+from tests.conftest import SUBPROCESS_ENV, python_cmd, run_process, torchrun_cmd
 
 PROMPTS = ["liver", "tumor"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-
-
-def python_cmd(script: str, *args) -> list[str]:
-    return [sys.executable, str(REPO / script), *[str(a) for a in args]]
-
-
-def torchrun_cmd(script: str, *args, nproc: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        str(REPO / script),
-        *[str(a) for a in args],
-    ]
-
-
-def run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout, cwd=cwd)
 
 
 # ------------------------------------------------------------------------------------------ sharding
@@ -129,9 +106,11 @@ def _summary(out: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------ tests
 def test_two_ranks_write_what_one_process_writes(tmp_path, tiny_config, mixed_inputs):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = run(python_cmd("infer_sam.py", *_batch_args(tiny_config, mixed_inputs, one)), tmp_path)
+    single = run_process(python_cmd("infer_sam.py", *_batch_args(tiny_config, mixed_inputs, one)), tmp_path)
     assert single.returncode == 1, single.stderr[-3000:]  # 2 corrupt inputs
-    multi = run(torchrun_cmd("infer_sam.py", *_batch_args(tiny_config, mixed_inputs, two, quiet=False)), tmp_path)
+    multi = run_process(
+        torchrun_cmd("infer_sam.py", *_batch_args(tiny_config, mixed_inputs, two, quiet=False)), tmp_path
+    )
     assert multi.returncode != 0, "a failed input must fail the torchrun job too"
     assert "rank 0 of 2" in multi.stderr and "rank 1 of 2" in multi.stderr, multi.stderr[-3000:]
 
@@ -197,7 +176,7 @@ def test_a_killed_rank_resumes_with_skip_existing(tmp_path, tiny_config):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=SUBPROCESS_ENV,
         cwd=tmp_path,
         start_new_session=True,
     )
@@ -220,7 +199,7 @@ def test_a_killed_rank_resumes_with_skip_existing(tmp_path, tiny_config):
 
     stall.unlink()
     Image.fromarray(np.full((30, 30, 3), 128, np.uint8)).save(stall)
-    rerun = run(
+    rerun = run_process(
         torchrun_cmd("infer_sam.py", *_batch_args(tiny_config, inputs, out, "--skip-existing", quiet=False)), tmp_path
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -238,7 +217,7 @@ def test_a_killed_rank_resumes_with_skip_existing(tmp_path, tiny_config):
 
 def test_torchrun_single_image_is_refused(tmp_path, tiny_config, rgb_image):
     Image.fromarray(rgb_image).save(tmp_path / "x.png")
-    proc = run(
+    proc = run_process(
         torchrun_cmd(
             "infer_sam.py",
             "--config",

@@ -11,7 +11,7 @@ from medsam3.inference.predictor import Predictor
 from medsam3.inference.video import VideoPredictor
 from medsam3.inference.video.kernels import cc_2d, generic_nms
 from medsam3.inference.video.propagate import best_slice, propagate_slices
-from tests.adapters.test_upstream import ALPHA, RANK, config_for, make_upstream_adapter
+from tests.conftest import ALPHA, RANK, config_for, make_upstream_adapter
 
 
 def disc_frames(n, h=90, w=120):

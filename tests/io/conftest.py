@@ -4,9 +4,10 @@
 * nibabel's ``nibabel/tests/data``
 * optionally the TotalSegmentator 2.18.0 sdist's ``tests/reference_files`` (a real
   20-slice JPEG 2000 CT series plus the NIfTI that TotalSegmentator produced from it),
-  fetched once with ``pip download`` into pytest's cache. Set
+  fetched once with ``pip download`` into pytest's cache. The tests that use it are marked
+  ``network`` and run only when asked (``pytest -m network``; CI runs them). Set
   ``MEDSAM3_TOTALSEG_SDIST=/path/to/totalsegmentator-2.18.0.tar.gz`` to use a local
-  copy, or ``MEDSAM3_NO_DOWNLOAD=1`` to skip those tests offline.
+  copy, or ``MEDSAM3_NO_DOWNLOAD=1`` to skip them instead of downloading.
 
 No binary test data is committed: everything else is synthesised in tmp_path.
 """

@@ -16,6 +16,9 @@ from pydicom.uid import JPEG2000Lossless
 
 from medsam3.io import load_volume, save_label_map
 
+# The fixture downloads the 38 MB sdist on first use (then pytest's cache keeps it): opt-in.
+pytestmark = pytest.mark.network
+
 
 def test_series_geometry_matches_reference_nifti(totalseg_reference, need_decoder, tmp_path):
     need_decoder(JPEG2000Lossless)

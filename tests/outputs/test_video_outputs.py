@@ -11,7 +11,7 @@ from medsam3.cli.infer import main
 from medsam3.io.video import VideoSource
 from medsam3.outputs import decode_rle
 from medsam3.outputs.video import TrackWriter, object_color
-from tests.cli.test_infer_video import common, write_disc_video
+from tests.conftest import video_cli_args, write_disc_video
 
 
 def test_writer_round_trip(tmp_path):
@@ -52,7 +52,7 @@ def test_ctrl_c_keeps_finished_frames_and_exits_130(tmp_path, tiny_video_checkpo
 
     monkeypatch.setattr(VideoSource, "frames", interrupted)
     out = tmp_path / "out"
-    assert main(["--video", str(video), "--prompt", "liver", *common(tiny_video_checkpoint, out)]) == 130
+    assert main(["--video", str(video), "--prompt", "liver", *video_cli_args(tiny_video_checkpoint, out)]) == 130
     data = json.loads((out / "tracks.json").read_text())
     assert data["complete"] is False and data["n_frames"] == 3
     assert int(cv2.VideoCapture(str(out / "overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 3

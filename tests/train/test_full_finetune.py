@@ -16,10 +16,10 @@ import torch
 from medsam3.adapters.errors import TrainedBaseError
 from medsam3.adapters.loading import load_model
 from medsam3.adapters.plan import plan_run
-from medsam3.cli.infer import main as infer_main
 from medsam3.config import load_config
 from medsam3.inference.predictor import Predictor
 from medsam3.train.trainer import train
+from tests.conftest import run_cli
 from tests.train.conftest import tiny_train_config
 
 PROMPTS = ["lesion", "kidney"]
@@ -72,7 +72,7 @@ def _coco_results(out_dir: Path) -> list[tuple]:
 def _infer(full_run, out_dir: Path, *extra: str) -> int:
     args = ["--config", full_run["config"], "--input-dir", full_run["inputs"], "--output-dir", out_dir]
     args += ["--prompt", *PROMPTS, "--threshold", "0.0", "-q", *extra]
-    return infer_main([str(a) for a in args])
+    return run_cli(*args)
 
 
 def test_training_records_the_trained_base_and_its_full_model(full_run):

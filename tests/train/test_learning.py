@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from medsam3.config import load_config
 from medsam3.data import CocoConceptDataset, load_rgb_image
@@ -15,6 +16,7 @@ from medsam3.train.trainer import train
 from tests.train.conftest import tiny_train_config
 
 
+@pytest.mark.slow  # 300 training steps: ~45 s on 2 idle cores, minutes on a busy machine
 def test_tiny_sam3_learns_two_concepts_and_rejects_absent(tmp_path, learnable_checkpoint, shapes_dir):
     # Full fine-tuning of the tiny random model (training.train_base_model): a real SAM3 is pretrained,
     # this stand-in has to learn text-image matching from scratch. Presence weight 100 speeds that up.

@@ -367,3 +367,22 @@ def video_cli_args(checkpoint: Path, out_dir: Path, threshold: str = "0.0") -> l
         str(out_dir),
         "-q",
     ]
+
+
+def save_tiny_adapter(config: Path, out_dir: Path, metadata: dict | None = None) -> Path:
+    """A PEFT adapter for the tiny model of ``config``, with non-zero B (so it changes the output)."""
+    import torch
+
+    from medsam3.adapters.peft_format import save_adapter
+    from medsam3.config import load_config
+    from medsam3.model import add_lora, load_base_model
+
+    cfg = load_config(config)
+    model, _ = load_base_model(cfg.model)
+    peft_model = add_lora(model, cfg.lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return save_adapter(peft_model, out_dir, metadata=metadata)

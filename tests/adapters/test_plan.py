@@ -8,30 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medsam3.adapters.errors import AdapterError
-from medsam3.adapters.peft_format import save_adapter
 from medsam3.adapters.plan import DEFAULT_THRESHOLD, plan_run
 from medsam3.cli.infer import main as infer_main
 from medsam3.config import load_config
-from medsam3.model import add_lora, load_base_model
+from tests.conftest import save_tiny_adapter
 
 DEMO_SLICE = Path(__file__).resolve().parents[2] / "medsam3" / "demo" / "examples" / "ct_dicom_slice.dcm"
 
 
 def _trained_adapter(cfg_path: Path, out_dir: Path, metadata: dict) -> Path:
-    """A PEFT adapter for the tiny model, saved where training saves its best adapter, with its metadata."""
-    cfg = load_config(cfg_path)
-    model, _ = load_base_model(cfg.model)
-    peft_model = add_lora(model, cfg.lora)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    return save_adapter(peft_model, out_dir, metadata=metadata)
+    """A tiny adapter saved where training saves its best one, with its metadata."""
+    return save_tiny_adapter(cfg_path, out_dir, metadata)
 
 
 @pytest.fixture

@@ -14,19 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from huggingface_hub import constants
 from huggingface_hub import errors as hub_errors
 from PIL import Image
 
 from medsam3.__main__ import main as python_m_medsam3
 from medsam3.adapters import hub
-from medsam3.adapters.peft_format import save_adapter
 from medsam3.cli.download import main as download_main
 from medsam3.config import load_config
 from medsam3.inference.predictor import Predictor
-from medsam3.model import add_lora, load_base_model
-from tests.conftest import cache_repo, closed_port_url, run_cli, write_config
+from tests.conftest import cache_repo, closed_port_url, run_cli, save_tiny_adapter, write_config
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -53,15 +50,7 @@ def reachable_hub(monkeypatch):
 @pytest.fixture
 def tiny_adapter(tmp_path, tiny_config):
     """A PEFT adapter for the tiny model with non-zero B (so it changes the output)."""
-    cfg = load_config(tiny_config)
-    model, _ = load_base_model(cfg.model)
-    peft_model = add_lora(model, cfg.lora)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    return save_adapter(peft_model, tmp_path / "adapter_src")
+    return save_tiny_adapter(tiny_config, tmp_path / "adapter_src")
 
 
 def test_download_then_offline_inference(tmp_path, reachable_hub, tiny_checkpoint, tiny_adapter, rgb_image, capsys):

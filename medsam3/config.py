@@ -175,8 +175,9 @@ class EvaluationConfig:
     model will be used at. 0.5 is SAM3's default; a small model trained briefly may score below it."""
     record_concept_thresholds: bool = False
     """Record, beside each saved adapter, this threshold and a threshold per concept chosen on the valid
-    split (the best of 0.1..0.9 counting absent cases as 1 when nothing is predicted); infer_sam.py and
-    the app then use them. medsam3-evaluate uses the recorded single threshold (or ``--thresholds``)."""
+    split (the best of 0.1..0.9 counting absent cases as 1 when nothing is predicted); infer_sam.py
+    (images, volumes, batches) then applies them. The app's slider, video and medsam3-evaluate use the
+    recorded single threshold."""
 
 
 @dataclass

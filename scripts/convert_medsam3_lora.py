@@ -30,7 +30,17 @@ def main(argv=None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    return run_command(PROG, lambda: convert(args), args.verbose)
+    return run_command(PROG, lambda: convert_or_say_why(args), args.verbose)
+
+
+def convert_or_say_why(args: argparse.Namespace) -> int:
+    """:func:`convert`, with a file that cannot be read or written said in one line, not as a bug."""
+    try:
+        return convert(args)
+    except OSError as exc:
+        raise UserError(
+            f"{exc.filename or args.dst}: {exc.strerror or exc}; check the path and its permissions"
+        ) from exc
 
 
 def convert(args: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 Training writes the concepts (text prompts) it saw into ``medsam3_adapter.json`` beside every
 adapter and into ``medsam3_model.json`` beside every full model. ``infer_sam.py --list-concepts``
-prints them, and a prompt outside them gets a warning naming the closest known concepts
-(``difflib``): a model only knows the words it was trained on.
+prints them, and a prompt outside them is refused (or, with ``--allow-unknown``, run and marked)
+with a message naming the closest known concepts (``difflib``): a model only knows the words it was
+trained on (see :meth:`medsam3.adapters.plan.RunPlan.check_prompts`).
 
 ``--weights demo`` selects the small SAM3 trained here on real CT/MR slices from registry
 packages (``medsam3/demo/``, see its ``MODEL.md``): no hub access needed.

@@ -17,6 +17,7 @@ it on (:meth:`medsam3.inference.predictor.Predictor.from_plan`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -47,6 +48,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
 """SAM3's own operating point: used when neither the flag nor the weights say otherwise."""
+
+
+def _concept_key(text: str) -> str:
+    """How prompts and recorded concepts are compared: case and spacing do not matter."""
+    return " ".join(text.split()).lower()
 
 
 class UnknownConceptError(AdapterError):
@@ -91,10 +97,11 @@ def read_recorded(directory: str | Path) -> RecordedMetadata:
             raise AdapterError(f"{path}: unreadable training metadata ({exc}); restore it or delete it") from exc
         if not isinstance(meta, dict):
             raise AdapterError(f"{path}: expected a JSON object; restore it from the training output or delete it")
-        listed = (meta.get("concepts") or []) + (meta.get("base_concepts") or [])
-        if not isinstance(listed, list):
-            raise AdapterError(f"{path}: 'concepts' must be a list of strings; fix or delete the file")
-        concepts += [str(c) for c in listed]
+        for key in ("concepts", "base_concepts"):
+            listed = meta.get(key) or []
+            if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+                raise AdapterError(f"{path}: {key!r} must be a list of strings; fix or delete the file")
+            concepts += listed
         recorded = _threshold_value(meta.get("threshold"), path, "threshold")
         threshold = recorded if recorded is not None else threshold
         table = meta.get("concept_thresholds") or {}
@@ -139,8 +146,8 @@ class RunPlan:
 
     def unknown_prompts(self, prompts: list[str]) -> list[str]:
         """The prompts outside the recorded vocabulary (none when nothing is recorded: an open vocabulary)."""
-        known = {c.strip().lower() for c in self.vocabulary}
-        return [p for p in prompts if known and p.strip().lower() not in known]
+        known = {_concept_key(c) for c in self.vocabulary}
+        return [p for p in prompts if known and _concept_key(p) not in known]
 
     def check_prompts(self, prompts: list[str], allow_unknown: bool = False) -> list[str]:
         """Refuse prompts outside a recorded vocabulary, naming the closest known concepts, unless allowed.
@@ -164,7 +171,11 @@ class RunPlan:
         """The threshold for one prompt: the per-concept record unless ``--threshold`` was given."""
         if self.threshold_source == "--threshold":
             return self.threshold
-        return self.concept_thresholds.get(prompt.strip().lower(), self.threshold)
+        return self.concept_thresholds.get(_concept_key(prompt), self.threshold)
+
+    def with_hub_checked(self) -> RunPlan:
+        """The plan after the one hub probe (:func:`~medsam3.adapters.hub.prepare_hub`): what is missing, said now."""
+        return dataclasses.replace(self, hub_offline=prepare_hub(self.cfg, self.adapter))
 
     def describe(self) -> str:
         """One log line: base, adapter, threshold and its origin."""
@@ -229,7 +240,9 @@ def plan_run(
             concepts[str(folder)] = list(meta.concepts)
         if meta.threshold is not None:
             recorded_value, recorded_from = meta.threshold, f"recorded in {folder}"
-        per_concept.update({k.lower(): v for k, v in meta.concept_thresholds.items()})
+        if meta.threshold is not None:  # a later (adapter) record wins over the base's, table and all
+            per_concept = {}
+        per_concept.update({_concept_key(k): v for k, v in meta.concept_thresholds.items()})
     if threshold is not None:
         chosen, origin = float(threshold), "--threshold"
     elif recorded_value is not None:

@@ -88,18 +88,19 @@ def serve(args: argparse.Namespace) -> int:
         raise UserError("the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')") from exc
     cfg = load_config(args.config, args.set)
     from ..adapters.plan import plan_run
+
+    plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
     from ..inference.predictor import Predictor
     from .service import AppService
     from .ui import build_ui
 
-    plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
     predictor = Predictor.from_plan(plan)
     service = AppService(predictor, work_dir=args.work_dir, allow_unknown=args.allow_unknown)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
-    demo = build_ui(service)
-    # One event at a time per listener, and one model call at a time (the service's lock): users queue.
-    demo.queue(default_concurrency_limit=1)
     try:
+        demo = build_ui(service)
+        # One event at a time per listener, and one model call at a time (the service's lock): users queue.
+        demo.queue(default_concurrency_limit=1)
         demo.launch(
             server_name=args.host,
             server_port=args.port,

@@ -406,11 +406,14 @@ class AppService:
 
     def _filter(self, upload, prompts, boxes_key, threshold, nms_iou) -> list[Detections]:
         size = upload.loaded.image.rgb.shape[:2]
+        plan = getattr(self.predictor, "plan", None)
         out = []
         for prompt in prompts:
             key = (upload.key, prompt, boxes_key)
             self._outputs.move_to_end(key)
-            out.append(self._outputs[key].detections(size, threshold, nms_iou))
+            det = self._outputs[key].detections(size, threshold, nms_iou)
+            det.unknown_concept = bool(plan is not None and plan.unknown_prompts([prompt]))
+            out.append(det)
         return out
 
     @staticmethod

@@ -331,15 +331,23 @@ def run(args: argparse.Namespace) -> int:
         return _list_concepts(plan_run(cfg, args.weights, check_hub=False))
     prompts, boxes, labels = _check_arguments(args)
     # The one place where model, adapter, threshold, concepts, device and hub state are decided.
-    plan = plan_run(cfg, args.weights, threshold=args.threshold, device=args.device, precision=args.precision)
+    plan = plan_run(
+        cfg, args.weights, threshold=args.threshold, device=args.device, precision=args.precision, check_hub=False
+    )
     logger.debug("run plan: %s", plan.describe())
     for message in plan.check_prompts(prompts, allow_unknown=args.allow_unknown):  # unknown: refused unless allowed
         logger.warning("%s", message)
     dicom = dicom_export_from_args(args, plan.cfg)  # --dicom-seg / --rtstruct: input and code table checked now
+    if dicom is not None and dicom.enabled and plan.unknown_prompts(prompts):
+        raise UserError(
+            f"--dicom-seg / --rtstruct code each segment as the concept its prompt names, and "
+            f"{', '.join(map(repr, plan.unknown_prompts(prompts)))} is not a concept this model was trained on "
+            f"(its mask would be coded as something the model cannot find); drop it or the DICOM flags"
+        )
     if args.video or args.propagate or (args.image and _is_video(args.image)):
         from .track import run_tracking  # video / propagation: SAM3's video model
 
-        return run_tracking(plan, args, prompts, boxes, labels, window=_window(args.window))
+        return run_tracking(plan.with_hub_checked(), args, prompts, boxes, labels, window=_window(args.window))
     from ..inference.inputs import discover_inputs, input_name, load_input  # no torch: inputs are read first
 
     if args.input_dir:
@@ -354,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
                 "--output, --json and --masks-dir are for 2D images; a volume's outputs go to "
                 "--output-dir (labels.nii.gz, legend.json, montage.png, masks/)"
             )
+    plan = plan.with_hub_checked()  # one probe, after the inputs: what the hub or cache lacks is said now
     # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
     from ..inference.batch import process_image, process_volume, run_batch
     from ..inference.distributed import cleanup, init_distributed

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .coco_records import Concept, ConceptQuery, ConceptSample, DatasetError, ImageRecord, read_coco
 from .layout import resolve_split
 from .transforms import AugmentConfig, augment, load_rgb_image, normalize_image, resize_image
@@ -80,9 +81,9 @@ class CocoConceptDataset(Dataset):
         verify_images: bool = True,
     ) -> None:
         if resolution < 1 or mask_resolution < 1:
-            raise ValueError(f"resolution and mask_resolution must be positive, got {resolution}, {mask_resolution}")
+            raise UserError(f"resolution and mask_resolution must be positive, got {resolution}, {mask_resolution}")
         if num_negatives < 0:
-            raise ValueError(f"num_negatives must be >= 0, got {num_negatives}")
+            raise UserError(f"num_negatives must be >= 0, got {num_negatives}")
         self.annotation_file = Path(annotation_file)
         self.image_root = Path(image_root)
         self.resolution = int(resolution)

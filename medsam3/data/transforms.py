@@ -30,6 +30,7 @@ from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
 
+from ..errors import UserError
 from ..io.api import load_image2d
 
 __all__ = [
@@ -86,14 +87,14 @@ class AugmentConfig:
         for name in ("hflip_prob", "vflip_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"augment.{name} must be in [0, 1], got {value}")
+                raise UserError(f"augment.{name} must be in [0, 1], got {value}")
         for name in ("brightness", "contrast"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"augment.{name} must be in [0, 1), got {value}")
+                raise UserError(f"augment.{name} must be in [0, 1), got {value}")
         lo, hi = self.scale_range
         if not (0.0 < lo <= hi and math.isfinite(hi)):
-            raise ValueError(f"augment.scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+            raise UserError(f"augment.scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None) -> AugmentConfig:
@@ -103,12 +104,12 @@ class AugmentConfig:
         allowed = {f.name for f in fields(cls)}
         unknown = set(config) - allowed
         if unknown:
-            raise ValueError(f"unknown augmentation key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise UserError(f"unknown augmentation key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
         values = dict(config)
         if "scale_range" in values:
             scale = values["scale_range"]
             if isinstance(scale, (int, float)):
-                raise ValueError("augment.scale_range must be a pair (lo, hi), e.g. [0.8, 1.2]")
+                raise UserError("augment.scale_range must be a pair (lo, hi), e.g. [0.8, 1.2]")
             values["scale_range"] = tuple(float(v) for v in scale)
         return cls(**values)
 

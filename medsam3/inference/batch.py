@@ -174,7 +174,7 @@ def process_image(
 
 def _settings(opts: InferenceOptions) -> dict:
     """The run's settings a DICOM object records as its algorithm parameters."""
-    return {"threshold": opts.threshold, "nms_iou": opts.nms_iou}
+    return {**opts.threshold_record(), "nms_iou": opts.nms_iou}
 
 
 def _montage_slices(seg: VolumeSegmentation, n: int) -> list[int]:

@@ -268,7 +268,7 @@ def segment_volume(
         voxel_ml=voxel_ml(volume),
         seconds=seconds,
         settings={
-            "threshold": threshold if threshold is not None else predictor.plan.threshold,
+            "threshold": threshold if threshold is not None else predictor.threshold_for(""),  # the plan's, else 0.5
             **({"concept_thresholds": {p: predictor.threshold_for(p) for p in prompts}} if threshold is None else {}),
             "nms_iou": nms_iou,
             "slice_batch": slice_batch,

@@ -203,7 +203,7 @@ def _check_finite(path: Path, data: np.ndarray) -> None:
             path, "every voxel is NaN or infinite", "check how the file was written (a failed resampling?)"
         )
     logger.warning(
-        "%s: %d voxel(s) (%.2f%%) are NaN or infinite; they are shown as the window's minimum (black)",
+        "%s: %d voxel(s) (%.2f%%) NaN or infinite; NaN shows as the window's minimum (black), +inf as its maximum",
         path,
         bad,
         100.0 * bad / data.size,

@@ -216,6 +216,7 @@ class Trainer:
             "epoch": self.epoch,
             "batches_done": self.batches_done,
             "best_metric": self.best_metric,
+            "concept_thresholds": self.concept_thresholds,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -232,6 +233,7 @@ class Trainer:
         set_rng_state(state["rng"])
         self.global_step, self.epoch, self.batches_done = state["global_step"], state["epoch"], state["batches_done"]
         self.best_metric = state["best_metric"]
+        self.concept_thresholds = dict(state.get("concept_thresholds") or {})
         if state.get("world_size", 1) != self.dist.world_size and self.is_main:
             logger.warning(
                 "resuming a %d-process run with %d processes: the data order changes",

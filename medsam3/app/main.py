@@ -12,6 +12,7 @@ import os
 
 from ..config import load_config
 from ..console import add_set_flag, print_error, setup_logging, user_errors
+from .limits import add_limit_flags, limits_from_args
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     p.add_argument("--work-dir", help="where uploads are unpacked and downloads written (default: a temp folder)")
+    add_limit_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
@@ -60,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         return print_error(PROG, "the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')")
     try:
+        limits = limits_from_args(args)
         cfg = load_config(args.config, args.set)
         from ..inference.predictor import Predictor
         from .service import AppService
         from .ui import build_ui
 
         predictor = Predictor.from_config(cfg, weights=args.weights, device=args.device, precision=args.precision)
-        service = AppService(predictor, work_dir=args.work_dir)
+        service = AppService(predictor, work_dir=args.work_dir, limits=limits)
     except user_errors() as exc:
         if args.verbose:
             logger.exception("failed")
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.
     demo.queue(default_concurrency_limit=1)
+    # Gradio's upload cache is swept like the service's result folders: files older than --keep-minutes.
+    demo.delete_cache = (max(1, int(min(limits.keep_seconds, 600) // 2)), int(limits.keep_seconds))
     demo.launch(
         server_name=args.host,
         server_port=args.port,
@@ -82,5 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         show_error=True,
         allowed_paths=[str(service.work_dir)],
         footer_links=[],
+        max_file_size=limits.gradio_max_file_size(),  # refused by Gradio before it is stored
     )
     return 0

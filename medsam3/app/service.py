@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from ..inference.inputs import LoadedInput, load_input
 from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
 from ..inference.volume import VolumeSegmentation, resolve_axis, segment_volume
 from ..io import WINDOW_PRESETS
+from ..errors import DiskFullError, disk_full_errors
+from .limits import UploadLimits, UploadRefused, prune_work_dir
 from ..outputs import (
     label_montage,
     overlay_detections,
@@ -63,7 +66,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WINDOW_CHOICES = ["auto", "dicom", "percentile", *WINDOW_PRESETS]
-ZIP_MAX_BYTES = 4 << 30  # a zipped DICOM series larger than this unpacked is refused (zip bombs)
 _BOX_LINE = re.compile(r"^\s*([+-]|pos(?:itive)?|neg(?:ative)?)?\s*(.*)$", re.IGNORECASE)
 
 
@@ -264,6 +266,7 @@ class AppService:
         work_dir: str | Path | None = None,
         image_cache_size: int = 4,
         output_cache_size: int = 16,
+        limits: UploadLimits | None = None,
     ):
         self.predictor = predictor
         self.adapter = getattr(predictor, "adapter_origin", None)
@@ -275,9 +278,11 @@ class AppService:
         self._image_cache_size = image_cache_size
         self._output_cache_size = output_cache_size
         self._counter = itertools.count()
+        self.limits = limits or UploadLimits()
 
     def new_dir(self, kind: str) -> Path:
         """A fresh folder under the work dir, one per upload or run (never shared between sessions)."""
+        prune_work_dir(self.work_dir, self.limits.keep_seconds)
         path = self.work_dir / f"{kind}-{next(self._counter):05d}-{os.getpid()}"
         path.mkdir(parents=True)
         return path
@@ -289,6 +294,7 @@ class AppService:
         Raises ValueError (ImageReadError for unreadable files) with a message for the page.
         """
         path = Path(path)
+        self.limits.check_upload(path)
         target = self._unzip(path) if path.suffix.lower() == ".zip" else path
         window_spec = None if window in (None, "", "auto") else window
         loaded = load_input(target, window_spec, volume_index)
@@ -307,18 +313,17 @@ class AppService:
                     for m in zf.infolist()
                     if not m.is_dir() and "__MACOSX" not in m.filename and not Path(m.filename).name.startswith(".")
                 ]
-                if not members:
-                    raise ValueError(f"{path.name}: the zip file holds no files")
-                if sum(m.file_size for m in members) > ZIP_MAX_BYTES:
-                    raise ValueError(f"{path.name}: unpacks to more than {ZIP_MAX_BYTES >> 30} GiB; upload fewer files")
+                self.limits.check_zip(path.name, members)
                 dest = self.new_dir("unzipped")
-                for m in members:
-                    zf.extract(m, dest)  # zipfile drops absolute paths and '..' from member names
-        except zipfile.BadZipFile as exc:
-            raise ValueError(
-                f"{path.name}: not a readable zip file ({exc}); zip the DICOM series folder again"
-            ) from None
-        files = [dest / m.filename for m in members]
+                with disk_full_errors(dest, "the unpacked upload"):
+                    # where each member landed: zipfile drops absolute paths and '..' from member names
+                    files = [Path(zf.extract(m, dest)) for m in members]
+        except (UploadRefused, DiskFullError):
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+            raise UploadRefused(
+                f"{path.name}: not a readable zip file ({type(exc).__name__}: {exc}); zip the DICOM series folder again"
+            ) from exc
         if len(files) == 1:
             return files[0]
         return Path(os.path.commonpath([f.parent for f in files]))

@@ -73,6 +73,13 @@ _MAX_FALLBACK_TRIES = 10
 _STREAM_NEGATIVES, _STREAM_SYNONYMS, _STREAM_AUGMENT = 0, 1, 2
 
 
+MAX_SIDE = 65535  # the largest PNG/JPEG side; annotation frames beyond it are corrupt (masks are h x w)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class CocoConceptDataset(Dataset):
     """Per-image samples of positive and negative text queries from a COCO file.
 
@@ -273,6 +280,9 @@ class CocoConceptDataset(Dataset):
                     )
                 if not (is_number(height) and is_number(width) and height > 0 and width > 0):
                     height, width = actual_h, actual_w
+            if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):  # masks are decoded at this size
+                skip("images", f"image id={iid} file_name={file_name!r}: size {width}x{height} is not plausible")
+                continue
             images[iid] = ImageRecord(iid, file_name, path, int(height), int(width), defaultdict(list), set())
         return images
 
@@ -283,7 +293,9 @@ class CocoConceptDataset(Dataset):
         images: dict[int, ImageRecord],
         cat_to_key: dict[int, str],
     ) -> list[dict[str, Any]]:
-        known_image_ids = {img.get("id") for img in raw.get("images", []) if isinstance(img, dict)}
+        known_image_ids = {
+            img.get("id") for img in raw.get("images", []) if isinstance(img, dict) and _is_int(img.get("id"))
+        }
         cleaned: list[dict[str, Any]] = []
         next_id = 1 + max(
             (a["id"] for a in raw.get("annotations", []) if isinstance(a, dict) and isinstance(a.get("id"), int)),
@@ -297,13 +309,16 @@ class CocoConceptDataset(Dataset):
             aid = ann.get("id")
             label = f"annotation id={aid} (image id={ann.get('image_id')})"
             iid = ann.get("image_id")
+            if not _is_int(iid):
+                skip("annotations", f"{label}: no integer 'image_id'")
+                continue
             if iid not in images:
                 if iid not in known_image_ids:
                     skip("annotations", f"{label}: unknown image id")
                 continue  # image itself was skipped (already reported)
             rec = images[iid]
             cid = ann.get("category_id")
-            if cid not in cat_to_key:
+            if not _is_int(cid) or cid not in cat_to_key:
                 skip("annotations", f"{label}: unknown or unnamed category id {cid!r}")
                 continue
             key = cat_to_key[cid]

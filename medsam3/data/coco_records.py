@@ -138,6 +138,9 @@ def clean_annotation(source: Path, ann: dict[str, Any], rec: ImageRecord) -> dic
         for poly in segm:
             if not isinstance(poly, list) or not all(is_number(v) for v in poly):
                 return "polygon with non-numeric coordinates"
+            # pycocotools rasterises in C with int arithmetic: far-away points overflow it (a crash)
+            if not all(-w <= x <= 2 * w for x in poly[0::2]) or not all(-h <= y <= 2 * h for y in poly[1::2]):
+                return f"polygon coordinates far outside the {w}x{h} image: {str(poly)[:80]}"
             if len(poly) < 6 or len(poly) % 2:
                 continue
             if polygon_area(poly) <= 0.0:
@@ -161,10 +164,21 @@ def clean_annotation(source: Path, ann: dict[str, Any], rec: ImageRecord) -> dic
             return "RLE without 'size' and 'counts'"
         if not all(is_number(v) for v in size) or [int(size[0]), int(size[1])] != [h, w]:
             return f"RLE size {size} does not match the image size {[h, w]}"
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                return "RLE counts must be non-negative integers"
+            if sum(counts) != h * w:
+                return f"RLE counts add up to {sum(counts)} pixels, the image has {h * w}"
+        elif not isinstance(counts, (str, bytes)):
+            return f"RLE counts must be a list or a string, not {type(counts).__name__}"
         try:
             rle = mask_utils.frPyObjects(segm, h, w) if isinstance(counts, list) else segm
+            if not isinstance(counts, list):  # a compressed string: decode once, so a bad one is refused here
+                decoded = mask_utils.decode(rle)
+                if decoded.shape[:2] != (h, w):
+                    return f"RLE decodes to {decoded.shape[:2]}, the image is {(h, w)}"
             area = float(mask_utils.area(rle))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, UnicodeError) as err:
             return f"unreadable RLE ({err})"
         if area <= 0:
             return "empty RLE mask"

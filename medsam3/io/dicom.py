@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageReadError, MissingCodecError
+from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,12 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
             path, f"DICOM file has no pixel data (it is a {kind})", "pass an image DICOM file or series"
         )
     ts = _transfer_syntax(ds)
+    if ts is not None and not ts.is_transfer_syntax:
+        raise ImageReadError(
+            path,
+            f"the file meta's transfer syntax '{ts}' is not a DICOM transfer syntax UID",
+            "the file header is corrupt; re-export the file",
+        )
     if ts is not None and ts.is_compressed:
         from pydicom.pixels import get_decoder
 
@@ -142,6 +149,7 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
                 f"({'; '.join(decoder.missing_dependencies)})",
                 codec_hint(ts),
             )
+    check_array_size(path, declared_shape(ds, path), max(4.0, _int_tag(ds, "BitsAllocated", 16, path) / 8), "pixel array")
     try:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom/plugins raise Runtime/Value/Key errors
@@ -153,6 +161,35 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
             f"pixel data could not be decoded ({type(exc).__name__}: {text})",
             "the file may be truncated or corrupt; re-export it",
         ) from exc
+    except BaseException as exc:
+        # Decoders written in Rust (pylibjpeg-rle) panic on corrupt data; pyo3's PanicException is a
+        # BaseException so that `except Exception` cannot swallow it. It is still the file's fault.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ImageReadError(
+            path,
+            f"the pixel data decoder failed on this file ({str(exc).splitlines()[0] if str(exc) else 'panic'})",
+            "the compressed pixel data is corrupt; re-export the file",
+        ) from exc
+
+
+def _int_tag(ds, tag: str, default: int, path: Path) -> int:
+    """An integer header value (a corrupt one is the file's fault, said with the tag's name)."""
+    try:
+        value = ds.get(tag, default)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ImageReadError(path, f"the header's {tag} is not a number ({exc})", "the file is corrupt") from exc
+
+
+def declared_shape(ds, path: Path) -> tuple[int, int, int, int]:
+    """(frames, rows, columns, samples) as the header declares them, before decoding anything."""
+    return (
+        _int_tag(ds, "NumberOfFrames", 1, path) or 1,
+        _int_tag(ds, "Rows", 0, path),
+        _int_tag(ds, "Columns", 0, path),
+        _int_tag(ds, "SamplesPerPixel", 1, path) or 1,
+    )
 
 
 def floats_of(value: Any) -> list[float] | None:

@@ -28,6 +28,7 @@ from .dicom import (
     read_dataset,
 )
 from .errors import ImageReadError
+from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None) -> DicomVo
             "the folder mixes series; keep one series per folder",
         )
 
+    rows, columns = next(iter(shapes))
+    check_array_size(folder, (len(chosen), rows, columns), 4, "volume")  # before decoding any slice
     infos = [_info_from_ds(ds, f.name) for f, ds in chosen]
     order, sort_meta = _order_slices(infos, folder, "the series")
     chosen = [chosen[k] for k in order]

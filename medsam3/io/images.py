@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, MissingCodecError
+from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,10 @@ def _png_16bit_color(path: Path) -> bool:
 
 def _read_png16_color(path: Path, alpha: AlphaMode) -> RasterImage:
     """16-bit RGB(A) PNG via OpenCV, because Pillow truncates it to 8 bit."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    check_array_size(path, (height, width, 4), 4, "image")
     try:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a dependency of medsam3
@@ -135,6 +140,7 @@ def _read_pil(path: Path, fmt: str, alpha: AlphaMode, skip_png16: bool = False) 
     name = fmt.upper()
     try:
         with Image.open(path) as opened:
+            check_array_size(path, (opened.height, opened.width, len(opened.getbands())), 4, "image")
             opened.load()
             meta: dict[str, Any] = {"format": opened.format, "mode": opened.mode, "reader": "pillow"}
             if getattr(opened, "n_frames", 1) > 1:
@@ -145,6 +151,8 @@ def _read_pil(path: Path, fmt: str, alpha: AlphaMode, skip_png16: bool = False) 
             if orientation and orientation != 1:
                 meta["exif_orientation"] = int(orientation)
             transparency = "transparency" in opened.info
+    except ImageReadError:
+        raise
     except UnidentifiedImageError as exc:
         raise ImageReadError(
             path,
@@ -203,6 +211,7 @@ def _read_tiff(path: Path, alpha: AlphaMode) -> RasterImage:
                     f"TIFF holds several images (axes {axes}, shape {shape}), not one 2D image",
                     "save each plane as its own file (or pass a single-page TIFF)",
                 )
+            check_array_size(path, shape, max(4, series.dtype.itemsize), "image")
             arr = series.asarray()
             photometric = int(page.photometric)
             colormap = page.colormap

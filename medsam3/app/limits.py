@@ -1,0 +1,117 @@
+"""What one upload may cost the server, checked before any work: file size, unpacked zip size and
+member count; and how long the files a session leaves behind are kept.
+
+A shared server (the usual way the app runs at a site) must not be filled by one large upload, a
+zip bomb or weeks of downloads nobody fetched. Gradio refuses an upload over ``max_upload_mb``
+before it is stored (``launch(max_file_size=...)``); :meth:`UploadLimits.check_upload` repeats the
+check for files reaching the service another way (examples, scripts). Zip members are counted and
+summed from the zip's directory before anything is unpacked; ``zipfile`` never writes more than a
+member's declared size, so the sum bounds the disk used. Folders of finished runs and unpacked
+uploads older than ``keep_minutes`` are deleted when the next one is made, and Gradio's own upload
+cache is swept on the same schedule (``Blocks.delete_cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["UploadLimits", "UploadRefused", "add_limit_flags", "limits_from_args", "prune_work_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+class UploadRefused(UserError):
+    """An upload over a limit, or not a readable zip: refused before any work, with what to do."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Defaults: a 1 GiB upload (a zipped CT series is rarely over 500 MB), 4 GiB unpacked, 10,000
+    files in a zip (a long series is ~2,000 slices), results kept for an hour."""
+
+    max_upload_mb: float = 1024.0
+    max_unzipped_mb: float = 4096.0
+    max_zip_files: int = 10_000
+    keep_minutes: float = 60.0
+
+    @property
+    def keep_seconds(self) -> float:
+        return self.keep_minutes * 60.0
+
+    def gradio_max_file_size(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    def check_upload(self, path: str | Path) -> None:
+        size = Path(path).stat().st_size
+        if size > self.max_upload_mb * 2**20:
+            raise UploadRefused(
+                f"{Path(path).name}: {size / 2**20:.1f} MB is over this server's upload limit of "
+                f"{self.max_upload_mb:g} MB; upload a smaller file (or start medsam3-app with a larger --max-upload-mb)"
+            )
+
+    def check_zip(self, name: str, members: Sequence[zipfile.ZipInfo]) -> None:
+        if not members:
+            raise UploadRefused(f"{name}: the zip file holds no files")
+        if len(members) > self.max_zip_files:
+            raise UploadRefused(
+                f"{name}: holds {len(members)} files, over this server's limit of {self.max_zip_files}; "
+                f"zip one series (or start medsam3-app with a larger --max-zip-files)"
+            )
+        unpacked = sum(m.file_size for m in members)
+        if unpacked > self.max_unzipped_mb * 2**20:
+            raise UploadRefused(
+                f"{name}: unpacks to {unpacked / 2**20:.1f} MB, over this server's limit of "
+                f"{self.max_unzipped_mb:g} MB; upload fewer files (or start medsam3-app with a larger --max-unzipped-mb)"
+            )
+
+
+def prune_work_dir(work_dir: Path, max_age_s: float, now: float | None = None) -> int:
+    """Delete the run and unpacked-upload folders in ``work_dir`` older than ``max_age_s``; returns how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    for path in work_dir.iterdir():
+        if not path.is_dir() or not path.name.startswith(("run-", "unzipped-")):
+            continue
+        try:
+            old = now - path.stat().st_mtime > max_age_s
+        except FileNotFoundError:  # another thread removed it first
+            continue
+        if old:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d result folder(s) older than %.0f s from %s", removed, max_age_s, work_dir)
+    return removed
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    d = UploadLimits()
+    g = parser.add_argument_group("limits (checked before any work)")
+    g.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help=f"largest upload (default {d.max_upload_mb:g})")
+    g.add_argument(
+        "--max-unzipped-mb", type=float, default=d.max_unzipped_mb, help=f"largest unpacked zip (default {d.max_unzipped_mb:g})"
+    )
+    g.add_argument("--max-zip-files", type=int, default=d.max_zip_files, help=f"most files in a zip (default {d.max_zip_files})")
+    g.add_argument(
+        "--keep-minutes",
+        type=float,
+        default=d.keep_minutes,
+        help=f"delete uploads and result files older than this (default {d.keep_minutes:g})",
+    )
+
+
+def limits_from_args(args: argparse.Namespace) -> UploadLimits:
+    limits = UploadLimits(args.max_upload_mb, args.max_unzipped_mb, args.max_zip_files, args.keep_minutes)
+    for name in ("max_upload_mb", "max_unzipped_mb", "max_zip_files", "keep_minutes"):
+        if not getattr(limits, name) > 0:
+            raise UploadRefused(f"--{name.replace('_', '-')} must be > 0, got {getattr(limits, name)}")
+    return limits

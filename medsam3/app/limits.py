@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import threading
 import time
 import zipfile
 from collections.abc import Sequence
@@ -24,7 +25,15 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["UploadLimits", "UploadRefused", "add_limit_flags", "limits_from_args", "prune_work_dir"]
+__all__ = [
+    "UploadLimits",
+    "UploadRefused",
+    "add_limit_flags",
+    "limits_from_args",
+    "prune_upload_scratch",
+    "prune_work_dir",
+    "start_sweeper",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +100,42 @@ def prune_work_dir(work_dir: Path, max_age_s: float, now: float | None = None) -
     if removed:
         logger.info("removed %d result folder(s) older than %.0f s from %s", removed, max_age_s, work_dir)
     return removed
+
+
+def prune_upload_scratch(upload_dir: Path, max_age_s: float, now: float | None = None) -> int:
+    """Delete Gradio's multipart scratch files (``tmp*`` directly in its upload folder) older than
+    ``max_age_s``. Gradio 6 leaves one empty file per upload there and its ``delete_cache`` does
+    not track them (measured by ``scripts/bench_app.py --load``)."""
+    now = time.time() if now is None else now
+    removed = 0
+    for path in upload_dir.glob("tmp*"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # gradio moved it meanwhile
+            continue
+    return removed
+
+
+def start_sweeper(work_dir: Path, max_age_s: float, upload_dir: Path | None = None) -> threading.Thread:
+    """A daemon thread that prunes ``work_dir`` (and Gradio's upload scratch files in ``upload_dir``)
+    every half ``max_age_s`` (at most every 10 minutes), so an idle server also gives its disk back."""
+    period = max(1.0, min(max_age_s, 1200.0) / 2)
+
+    def sweep() -> None:
+        while True:
+            time.sleep(period)
+            try:
+                prune_work_dir(work_dir, max_age_s)
+                if upload_dir is not None and upload_dir.is_dir():
+                    prune_upload_scratch(upload_dir, max_age_s)
+            except OSError as exc:  # e.g. the work dir was removed under us: say so, keep serving
+                logger.warning("could not prune %s: %s", work_dir, exc)
+
+    thread = threading.Thread(target=sweep, name="medsam3-sweeper", daemon=True)
+    thread.start()
+    return thread
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:

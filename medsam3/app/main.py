@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 from ..config import load_config
 from ..console import add_set_flag, print_error, setup_logging, user_errors
-from .limits import add_limit_flags, limits_from_args
+from .limits import add_limit_flags, limits_from_args, start_sweeper
 
 __all__ = ["build_parser", "main"]
 
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.
     demo.queue(default_concurrency_limit=1)
     # Gradio's upload cache is swept like the service's result folders: files older than --keep-minutes.
-    demo.delete_cache = (max(1, int(min(limits.keep_seconds, 600) // 2)), int(limits.keep_seconds))
+    demo.delete_cache = (max(1, int(min(limits.keep_seconds, 1200) // 2)), int(limits.keep_seconds))
+    from gradio.utils import get_upload_folder
+
+    start_sweeper(service.work_dir, limits.keep_seconds, Path(get_upload_folder()))
     demo.launch(
         server_name=args.host,
         server_port=args.port,

@@ -256,7 +256,12 @@ class CocoConceptDataset(Dataset):
                 skip("images", f"image id={iid} file_name={file_name!r}: path leaves the image root {self.image_root}")
                 continue
             path = self.image_root / file_name
-            if not path.is_file():
+            try:
+                found = path.is_file()
+            except (OSError, ValueError) as err:  # a name too long, or with a NUL byte
+                skip("images", f"image id={iid} file_name={file_name[:80]!r}: not a usable file name ({err})")
+                continue
+            if not found:
                 skip("images", f"image id={iid} file_name={file_name!r}: file not found at {path}")
                 continue
             height, width = img.get("height"), img.get("width")

@@ -19,10 +19,13 @@ written to NIfTI unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +33,7 @@ from .errors import ImageReadError, MissingCodecError
 from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Which pip packages give pydicom a decoder, per compressed transfer syntax.
 _J2K = "pip install pylibjpeg pylibjpeg-openjpeg"
@@ -54,6 +58,41 @@ _CODEC_HINTS: dict[str, str] = {
 _GENERIC_CODEC_HINT = "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls python-gdcm"
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# What pydicom raises when a lazily parsed element of a corrupt file is first read (a value that
+# does not convert, a length past the end, an unknown VR): the file's fault wherever it surfaces.
+CORRUPT_ELEMENT_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    NotImplementedError,
+    OverflowError,
+    EOFError,
+    UnicodeError,
+    struct.error,
+)
+
+
+def corrupt_file_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Readers taking ``path`` first: a pydicom error on a corrupt element becomes an :class:`ImageReadError`."""
+
+    @functools.wraps(fn)
+    def reader(path: Path, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(path, *args, **kwargs)
+        except ImageReadError:
+            raise
+        except CORRUPT_ELEMENT_ERRORS as exc:
+            raise ImageReadError(
+                path,
+                f"corrupt DICOM data ({type(exc).__name__}: {exc})",
+                "the file is damaged or not standard DICOM; re-export it",
+            ) from exc
+
+    return reader
 
 
 def codec_hint(transfer_syntax_uid: str) -> str:
@@ -264,6 +303,7 @@ class DicomImage:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@corrupt_file_errors
 def read_dicom_image(path: Path) -> DicomImage:
     """A single-frame DICOM file as a 2D image (multi-frame files are volumes)."""
     from pydicom.pixels import apply_modality_lut

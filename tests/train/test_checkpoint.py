@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,17 +15,22 @@ import torch
 from safetensors.torch import load_file
 
 from medsam3.cli.train import main as train_main
-from medsam3.config import load_config
 from medsam3.train.checkpoint import TRAINABLE, list_checkpoints, load_trainer_state
 
 from tests.train.conftest import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
-TRAINING = dict(max_steps=6, num_epochs=10, save_steps=1, save_total_limit=10, eval_steps=100)
+STEPS = 4
+TRAINING = dict(max_steps=STEPS, num_epochs=10, save_steps=1, save_total_limit=10, eval_steps=100)
 
 
 def _adapter(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "adapter_model.safetensors"))
+
+
+def _log_steps(output_dir: Path) -> list[tuple]:
+    lines = (output_dir / "train_log.jsonl").read_text().splitlines()
+    return [(r.get("kind", r.get("type")), r["step"]) for r in map(json.loads, lines)]
 
 
 def _intact(checkpoint: Path) -> None:
@@ -55,7 +61,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_resume_finishe
     tmp_path, tiny_checkpoint, shapes_dir, small_disk, uninterrupted, capsys
 ):
     one = sum(f.stat().st_size for f in (uninterrupted / "checkpoint-1").iterdir())
-    disk = small_disk(f"{(3 * one) // 1024 + 64}k")  # room for about three checkpoints, not six
+    disk = small_disk(f"{(2 * one) // 1024 + 64}k")  # room for about two checkpoints, not four
     out = disk.path / "run"
     cfg = _config(tmp_path, "full_disk", tiny_checkpoint, shapes_dir, out)
 
@@ -63,7 +69,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_resume_finishe
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # one line, no traceback
     saved = list_checkpoints(out)
-    assert 1 <= len(saved) < 6
+    assert 1 <= len(saved) < STEPS
     failed = f"checkpoint-{len(saved) + 1}"
     assert ": error: no space left on the device while writing the checkpoint" in err[0], err[0]
     assert str(out / failed) in err[0] and "--resume" in err[0]
@@ -76,7 +82,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_earlier_ones_and_resume_finishe
 
     disk.resize("64m")  # space freed
     assert train_main(["--config", str(cfg), "--resume", "latest", "--quiet"]) == 0
-    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{k}" for k in range(1, 7)]
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{k}" for k in range(1, STEPS + 1)]
     a, b = _adapter(uninterrupted / "last_lora_weights"), _adapter(out / "last_lora_weights")
     assert a.keys() == b.keys()
     for key in a:
@@ -119,12 +125,12 @@ def test_kill_9_during_a_checkpoint_save_then_resume(tmp_path, tiny_checkpoint, 
 
     assert train_main(["--config", str(cfg), "--resume", "latest", "--quiet"]) == 0
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".old"))]  # the debris was removed
-    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{k}" for k in range(1, 7)]
+    assert [p.name for p in list_checkpoints(out)] == [f"checkpoint-{k}" for k in range(1, STEPS + 1)]
     a, b = _adapter(uninterrupted / "last_lora_weights"), _adapter(out / "last_lora_weights")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
-    steps = [r["step"] for r in map(__import__("json").loads, (out / "train_log.jsonl").read_text().splitlines())]
-    assert steps == sorted(set(steps))  # the log continues without repeats
+    # the log continues where the checkpoint was taken: the same lines as the uninterrupted run's
+    assert _log_steps(out) == _log_steps(uninterrupted)
 
 
 def test_an_interrupted_replacement_is_put_back(tmp_path):
@@ -138,7 +144,3 @@ def test_an_interrupted_replacement_is_put_back(tmp_path):
     assert [p.name for p in removed] == [".tmp-best_lora_weights-abc"]
     assert (tmp_path / "best_lora_weights" / "adapter_model.safetensors").read_bytes() == b"old"
 
-
-def test_load_config_of_the_test_is_valid(tmp_path, tiny_checkpoint, shapes_dir):
-    cfg = load_config(_config(tmp_path, "c", tiny_checkpoint, shapes_dir, tmp_path / "o"))
-    assert cfg.training.save_steps == 1

@@ -186,16 +186,17 @@ def _wait_for(url: str, proc, seconds: float) -> None:
     import httpx
 
     end = time.monotonic() + seconds
+    last: Exception | None = None
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise SystemExit(f"medsam3-app exited with code {proc.returncode} before serving")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as exc:  # not listening yet
+            last = exc
         time.sleep(1)
-    raise SystemExit(f"medsam3-app did not answer on {url} within {seconds:.0f} s")
+    raise SystemExit(f"medsam3-app did not answer on {url} within {seconds:.0f} s ({last})")
 
 
 class LoadClient:
@@ -208,6 +209,7 @@ class LoadClient:
         self.index, self.images, self.volume, self.bad, self.ref = index, images, volume, bad, ref
         self.results, self.lock = results, lock
         self.current: Path | None = None
+        self.compared = self.nonempty = 0
         self.rng = np.random.default_rng(1000 + index)
 
     def _open(self, path: Path):
@@ -223,6 +225,7 @@ class LoadClient:
         import nibabel as nib
 
         overlay, table, downloads, status = run_out
+        self.compared += 1
         if not downloads or status.startswith("**Error"):
             return f"no result: {status}"
         files = {Path(f if isinstance(f, str) else f["path"]).name: Path(f if isinstance(f, str) else f["path"]) for f in downloads}
@@ -230,12 +233,15 @@ class LoadClient:
         if path == self.volume:
             got = np.asarray(nib.load(files["labels.nii.gz"]).dataobj)
             want = np.asarray(nib.load(ref_dir / "labels.nii.gz").dataobj)
+            self.nonempty += bool(want.any())
             return None if np.array_equal(got, want) else "label map differs from infer_sam.py's"
         name = next((n for n in files if n.endswith(".png") and n[:3] == "00_"), None)
         want_path = next(iter((ref_dir / "masks").glob("00_*.png")), None)
         if name is None or want_path is None:
             return f"mask missing (app {sorted(files)}, cli {want_path})"
-        same = np.array_equal(np.asarray(Image.open(files[name])), np.asarray(Image.open(want_path)))
+        want = np.asarray(Image.open(want_path))
+        self.nonempty += bool(want.any())
+        same = np.array_equal(np.asarray(Image.open(files[name])), want)
         return None if same else "mask differs from infer_sam.py's"
 
     def request(self, k: int) -> None:
@@ -349,6 +355,13 @@ def run_load_test(clients: int, requests: int, max_seconds: float) -> int:
                 print(f"  {kind:7s} {len(values):4d}  p50 {statistics.median(values):6.2f} s  "
                       f"p95 {np.percentile(values, 95):6.2f} s")
             print(f"latency: p50 {statistics.median(latencies):.2f} s, p95 {np.percentile(latencies, 95):.2f} s")
+            refused = {}
+            for kind, _, problem in results:
+                if kind.startswith("bad:"):
+                    refused.setdefault(kind[4:], [0, 0])[0 if problem is None else 1] += 1
+            print("bad files answered with their message: " + ", ".join(f"{k} {v[0]}/{sum(v)}" for k, v in refused.items()))
+            print(f"masks compared with infer_sam.py's: {sum(s.compared for s in sessions)} "
+                  f"({sum(s.nonempty for s in sessions)} with detections), all equal unless listed below")
             print(f"errors: {len(errors)}")
             for kind, _, problem in errors[:10]:
                 print(f"  {kind}: {problem}")

@@ -23,6 +23,7 @@ importer, once it exists: ``nnunet_json`` below falls back to ``json`` until the
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import io
 import json
@@ -419,12 +420,13 @@ def mutate_tree(data, blob: bytes, fmt: str) -> bytes | None:
             if data.draw(st.booleans()) and isinstance(parent, dict):
                 parent.pop(path[-1], None)
             else:
-                parent[path[-1]] = data.draw(st.sampled_from(JSON_VALUES))
+                parent[path[-1]] = copy.deepcopy(data.draw(st.sampled_from(JSON_VALUES)))  # no shared objects
         except (KeyError, IndexError, TypeError):
             continue
-    if fmt == "json":
-        return json.dumps(tree).encode()
-    return yaml.safe_dump(tree).encode()
+    try:
+        return json.dumps(tree).encode() if fmt == "json" else yaml.safe_dump(tree).encode()
+    except (ValueError, yaml.YAMLError, RecursionError):  # a value placed inside itself
+        return None
 
 
 def mutate_seed(data, seed: Seed, others: list[bytes]) -> dict[str, bytes]:
@@ -501,38 +503,59 @@ def worker_main(conn, target_name: str, workdir: str) -> None:
     limit = _vm_size() + MEMORY_LIMIT
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     signal.signal(signal.SIGALRM, _alarm)
-    root = Path(workdir)
     counter = 0
     while True:
         job = conn.recv()
         if job is None:
             return
-        files, entry = job
         counter += 1
-        case = root / f"case{counter}"
-        case.mkdir()
-        for name, blob in files.items():
-            (case / name).parent.mkdir(parents=True, exist_ok=True)
-            (case / name).write_bytes(blob)
-        t0 = time.perf_counter()
-        signal.alarm(TIME_LIMIT_S)
-        try:
-            target.read(case / entry if entry else case)
-            outcome = ("ok", "")
-        except InputTimeout:
-            outcome = ("defect", f"hang over {TIME_LIMIT_S} s")
-        except MemoryError:
-            outcome = ("defect", "MemoryError (over the 2 GiB limit)")
-        except (Exception, BaseException) as exc:  # noqa: BLE001 - the harness classifies whatever escapes
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            outcome = _classify(exc)
-            if outcome[0] == "defect":
-                outcome = (*outcome, "".join(traceback.format_exception(exc))[-3000:])
-        finally:
-            signal.alarm(0)
-        shutil.rmtree(case, ignore_errors=True)
-        conn.send((*outcome, time.perf_counter() - t0))
+        conn.send(run_one(target, Path(workdir), counter, *job))
+
+
+def run_one(target: Target, root: Path, counter: int, files: dict[str, bytes], entry: str) -> tuple:
+    """Write one input under ``root`` and read it with ``target``: (kind, signature[, traceback], seconds)."""
+    case = root / f"case{counter}"
+    case.mkdir()
+    for name, blob in files.items():
+        (case / name).parent.mkdir(parents=True, exist_ok=True)
+        (case / name).write_bytes(blob)
+    t0 = time.perf_counter()
+    signal.alarm(TIME_LIMIT_S)
+    try:
+        target.read(case / entry if entry else case)
+        outcome: tuple = ("ok", "")
+    except InputTimeout:
+        outcome = ("defect", f"hang over {TIME_LIMIT_S} s")
+    except MemoryError:
+        outcome = ("defect", "MemoryError (over the 2 GiB limit)")
+    except (Exception, BaseException) as exc:  # noqa: BLE001 - the harness classifies whatever escapes
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        outcome = _classify(exc)
+        if outcome[0] == "defect":
+            outcome = (*outcome, "".join(traceback.format_exception(exc))[-3000:])
+    finally:
+        signal.alarm(0)
+    shutil.rmtree(case, ignore_errors=True)
+    return (*outcome, time.perf_counter() - t0)
+
+
+class InProcess:
+    """Inputs read in this process (the test suite's short run): the 5 s alarm, no memory limit."""
+
+    def __init__(self, target: str):
+        self.target = TARGETS[target]
+        self.tmp = tempfile.mkdtemp(prefix=f"fuzz-{target}-")
+        self.counter = 0
+        self.previous = signal.signal(signal.SIGALRM, _alarm)
+
+    def run(self, files: dict[str, bytes], entry: str) -> tuple:
+        self.counter += 1
+        return run_one(self.target, Path(self.tmp), self.counter, files, entry)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGALRM, self.previous)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class Worker:
@@ -560,13 +583,16 @@ class Worker:
         if self.conn.poll(180 if fresh else TIME_LIMIT_S + 5):
             try:
                 return self.conn.recv()
-            except EOFError:
-                pass
-        elif self.proc.is_alive():
+            except EOFError:  # the worker died while reading the input
+                return self._died()
+        if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
             self.proc = None
             return ("defect", f"hang over {TIME_LIMIT_S} s (killed)", "", float(TIME_LIMIT_S + 5))
+        return self._died()
+
+    def _died(self) -> tuple:
         self.proc.join()
         code = self.proc.exitcode
         self.proc = None
@@ -600,7 +626,10 @@ class Report:
         )
 
 
-def fuzz_target(name: str, max_inputs: int, budget: float, seed: int, save: Path | None) -> Report:
+def fuzz_target(
+    name: str, max_inputs: int, budget: float, seed: int, save: Path | None = None, in_process: bool = False
+) -> Report:
+    """Fuzz one target: its unmodified seeds, then mutated ones until ``max_inputs`` or ``budget`` seconds."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
     from hypothesis import strategies as st
@@ -612,7 +641,7 @@ def fuzz_target(name: str, max_inputs: int, budget: float, seed: int, save: Path
         raise SystemExit(f"{name}: no seed files available")
     others = [b for s in seeds for b in s.files.values()]
     report = Report(name)
-    worker = Worker(name)
+    worker = InProcess(name) if in_process else Worker(name)
     start = time.monotonic()
 
     def record(files, entry, outcome):

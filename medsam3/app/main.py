@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gradio_cache_sweep(demo, limits):
+    """Gradio's own cache deletion (files it copied for the page), run by our sweeper; falls back to
+    Gradio's ``delete_cache`` task if that function moves in a future Gradio."""
+    try:
+        from gradio.route_utils import delete_files_created_by_app
+    except ImportError:
+        demo.delete_cache = (max(1, int(min(limits.keep_seconds, 1200) // 2)), int(limits.keep_seconds))
+        return None
+    return lambda: delete_files_created_by_app(demo, int(limits.keep_seconds))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(
@@ -76,14 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             logger.exception("failed")
         return print_error(PROG, exc)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
+    from gradio.utils import get_upload_folder
+
     demo = build_ui(service)
     # One event at a time per listener, and one model call at a time (the service's lock): users queue.
     demo.queue(default_concurrency_limit=1)
-    # Gradio's upload cache is swept like the service's result folders: files older than --keep-minutes.
-    demo.delete_cache = (max(1, int(min(limits.keep_seconds, 1200) // 2)), int(limits.keep_seconds))
-    from gradio.utils import get_upload_folder
-
-    start_sweeper(service.work_dir, limits.keep_seconds, Path(get_upload_folder()))
+    # Uploads, results and Gradio's file cache are swept alike: files older than --keep-minutes.
+    start_sweeper(service.work_dir, limits.keep_seconds, Path(get_upload_folder()), _gradio_cache_sweep(demo, limits))
     demo.launch(
         server_name=args.host,
         server_port=args.port,

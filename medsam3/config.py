@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
+
 from .errors import UserError
 
 __all__ = [

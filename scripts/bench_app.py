@@ -228,7 +228,10 @@ class LoadClient:
         self.compared += 1
         if not downloads or status.startswith("**Error"):
             return f"no result: {status}"
-        files = {Path(f if isinstance(f, str) else f["path"]).name: Path(f if isinstance(f, str) else f["path"]) for f in downloads}
+        files = {
+            Path(f if isinstance(f, str) else f["path"]).name: Path(f if isinstance(f, str) else f["path"])
+            for f in downloads
+        }
         ref_dir = self.ref / prompt / path.name.split(".")[0]
         if path == self.volume:
             got = np.asarray(nib.load(files["labels.nii.gz"]).dataobj)
@@ -318,7 +321,9 @@ def run_load_test(clients: int, requests: int, max_seconds: float) -> int:
             files_before = _count_files(work, cache)
             results: list = []
             lock = threading.Lock()
-            sessions = [LoadClient(url, i, images, volume, bad, tmp / "reference", results, lock) for i in range(clients)]
+            sessions = [
+                LoadClient(url, i, images, volume, bad, tmp / "reference", results, lock) for i in range(clients)
+            ]
             rss: dict[int, int] = {}
 
             def watch() -> None:  # resident memory when the 20th request has finished
@@ -346,38 +351,55 @@ def run_load_test(clients: int, requests: int, max_seconds: float) -> int:
             alive = server.poll() is None
             latencies = sorted(r[1] for r in results)
             errors = [r for r in results if r[2]]
-            print(f"\n{len(results)} requests from {clients} clients in {wall:.1f} s ({len(results) / wall:.2f}/s); "
-                  f"server still serving: {alive}")
+            print(
+                f"\n{len(results)} requests from {clients} clients in {wall:.1f} s ({len(results) / wall:.2f}/s); "
+                f"server still serving: {alive}"
+            )
             kinds: dict[str, list[float]] = {}
             for kind, seconds, _ in results:
                 kinds.setdefault(kind.split(":")[0], []).append(seconds)
             for kind, values in sorted(kinds.items()):
-                print(f"  {kind:7s} {len(values):4d}  p50 {statistics.median(values):6.2f} s  "
-                      f"p95 {np.percentile(values, 95):6.2f} s")
+                print(
+                    f"  {kind:7s} {len(values):4d}  p50 {statistics.median(values):6.2f} s  "
+                    f"p95 {np.percentile(values, 95):6.2f} s"
+                )
             print(f"latency: p50 {statistics.median(latencies):.2f} s, p95 {np.percentile(latencies, 95):.2f} s")
             refused = {}
             for kind, _, problem in results:
                 if kind.startswith("bad:"):
                     refused.setdefault(kind[4:], [0, 0])[0 if problem is None else 1] += 1
-            print("bad files answered with their message: " + ", ".join(f"{k} {v[0]}/{sum(v)}" for k, v in refused.items()))
-            print(f"masks compared with infer_sam.py's: {sum(s.compared for s in sessions)} "
-                  f"({sum(s.nonempty for s in sessions)} with detections), all equal unless listed below")
+            print(
+                "bad files answered with their message: "
+                + ", ".join(f"{k} {v[0]}/{sum(v)}" for k, v in refused.items())
+            )
+            print(
+                f"masks compared with infer_sam.py's: {sum(s.compared for s in sessions)} "
+                f"({sum(s.nonempty for s in sessions)} with detections), all equal unless listed below"
+            )
             print(f"errors: {len(errors)}")
             for kind, _, problem in errors[:10]:
                 print(f"  {kind}: {problem}")
             grew = rss["end"] / rss[20] - 1
-            print(f"server RSS: {rss[20] / 2**20:.0f} MiB after 20 requests, {rss['end'] / 2**20:.0f} MiB after "
-                  f"{len(results)} ({grew:+.1%}; limit +10%)")
+            print(
+                f"server RSS: {rss[20] / 2**20:.0f} MiB after 20 requests, {rss['end'] / 2**20:.0f} MiB after "
+                f"{len(results)} ({grew:+.1%}; limit +10%)"
+            )
             files_during = _count_files(work, cache)
             wait = KEEP_MINUTES * 60 * 1.5 + 5
-            print(f"temporary files: {files_before} before, {files_during} after the load; waiting {wait:.0f} s "
-                  f"for --keep-minutes {KEEP_MINUTES} ...", flush=True)
+            print(
+                f"temporary files: {files_before} before, {files_during} after the load; waiting {wait:.0f} s "
+                f"for --keep-minutes {KEEP_MINUTES} ...",
+                flush=True,
+            )
             time.sleep(wait)
             files_after = _count_files(work, cache)
             print(f"temporary files: {files_after} after they aged out (baseline {files_before})")
             if files_after > files_before:
                 left = [p for folder in (work, cache) for p in folder.rglob("*") if p.is_file()]
-                print("  still there, e.g.: " + ", ".join(f"{p.relative_to(tmp)} ({p.stat().st_size} B)" for p in left[:8]))
+                print(
+                    "  still there, e.g.: "
+                    + ", ".join(f"{p.relative_to(tmp)} ({p.stat().st_size} B)" for p in left[:8])
+                )
             ok = alive and not errors and grew <= 0.10 and files_after <= files_before
             if not ok:
                 print("server log (last lines):\n" + "".join((tmp / "server.log").read_text().splitlines(True)[-20:]))

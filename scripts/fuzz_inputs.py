@@ -266,7 +266,10 @@ def peft_seeds(tmp: Path) -> list[Seed]:
 
     g = torch.Generator().manual_seed(0)
     mod = "base_model.model.vision_encoder.backbone.layers.0.attention.o_proj"
-    tensors = {f"{mod}.lora_A.weight": torch.randn(2, 32, generator=g), f"{mod}.lora_B.weight": torch.randn(32, 2, generator=g)}
+    tensors = {
+        f"{mod}.lora_A.weight": torch.randn(2, 32, generator=g),
+        f"{mod}.lora_B.weight": torch.randn(32, 2, generator=g),
+    }
     config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["o_proj"],
               "base_model_name_or_path": "facebook/sam3"}  # fmt: skip
     files = {"adapter_model.safetensors": save(tensors), "adapter_config.json": json.dumps(config).encode()}
@@ -344,7 +347,9 @@ TARGETS: dict[str, Target] = {
     "coco": Target(coco_seeds, read_coco, ("medsam3.data.coco", "pycocotools.coco")),
     "nnunet_json": Target(nnunet_json_seeds, read_nnunet_json, ("medsam3.errors",)),
     "config": Target(config_seeds, read_config, ("medsam3.config", "yaml")),
-    "adapter_pt": Target(adapter_pt_seeds, read_adapter_file, ("medsam3.adapters.loading", "medsam3.adapters.upstream")),
+    "adapter_pt": Target(
+        adapter_pt_seeds, read_adapter_file, ("medsam3.adapters.loading", "medsam3.adapters.upstream")
+    ),
     "peft_adapter": Target(peft_seeds, read_adapter_file, ("medsam3.adapters.loading", "medsam3.adapters.peft_format")),
 }
 
@@ -490,7 +495,6 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 def worker_main(conn, target_name: str, workdir: str) -> None:
     import importlib
     import logging
-
     import warnings
 
     logging.disable(logging.CRITICAL)  # readers log and warn about odd files: noise at 1000s of inputs/min
@@ -688,7 +692,7 @@ def fuzz_target(
         worker.close()
     report.seconds = time.monotonic() - start
     if save is not None:
-        for k, (count, files, tb) in enumerate(report.findings.values()):
+        for k, (_count, files, tb) in enumerate(report.findings.values()):
             case = save / name / f"finding{k}"
             case.mkdir(parents=True, exist_ok=True)
             for fname, blob in files.items():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted(
     [*(REPO / "medsam3").rglob("*.py"), *(REPO / "scripts").rglob("*.py"), *REPO.glob("*.py")],
@@ -63,7 +61,8 @@ def _swallowed(path: Path) -> list[str]:
         if node.type is None:
             found.append(f"{where}: bare 'except:'")
         body_is_nothing = all(
-            isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in node.body
+            isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            for s in node.body
         )
         if body_is_nothing:
             found.append(f"{where}: 'except {ast.unparse(node.type) if node.type else ''}: pass' swallows the error")

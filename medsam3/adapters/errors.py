@@ -1,6 +1,7 @@
 """The adapters layer's exceptions, importable without torch (the CLI catches them before torch loads)."""
 
 from __future__ import annotations
+
 from ..errors import UserError
 
 __all__ = ["AdapterError", "HubUnavailableError", "TrainedBaseError"]

@@ -104,7 +104,9 @@ def read_peft_adapter(path: str | Path) -> AdapterWeights:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AdapterError(f"{config_file}: not valid JSON ({exc}); re-export the adapter") from exc
         if not isinstance(meta, dict):
-            raise AdapterError(f"{config_file}: expected a JSON object (PEFT's adapter config), got {type(meta).__name__}")
+            raise AdapterError(
+                f"{config_file}: expected a JSON object (PEFT's adapter config), got {type(meta).__name__}"
+            )
         declared = True
         alpha = meta.get("lora_alpha")
         base_model = meta.get("base_model_name_or_path")

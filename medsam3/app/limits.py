@@ -79,7 +79,8 @@ class UploadLimits:
         if unpacked > self.max_unzipped_mb * 2**20:
             raise UploadRefused(
                 f"{name}: unpacks to {unpacked / 2**20:.1f} MB, over this server's limit of "
-                f"{self.max_unzipped_mb:g} MB; upload fewer files (or start medsam3-app with a larger --max-unzipped-mb)"
+                f"{self.max_unzipped_mb:g} MB; upload fewer files "
+                f"(or start medsam3-app with a larger --max-unzipped-mb)"
             )
 
 
@@ -160,11 +161,18 @@ def start_sweeper(
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     d = UploadLimits()
     g = parser.add_argument_group("limits (checked before any work)")
-    g.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help=f"largest upload (default {d.max_upload_mb:g})")
     g.add_argument(
-        "--max-unzipped-mb", type=float, default=d.max_unzipped_mb, help=f"largest unpacked zip (default {d.max_unzipped_mb:g})"
+        "--max-upload-mb", type=float, default=d.max_upload_mb, help=f"largest upload (default {d.max_upload_mb:g})"
     )
-    g.add_argument("--max-zip-files", type=int, default=d.max_zip_files, help=f"most files in a zip (default {d.max_zip_files})")
+    g.add_argument(
+        "--max-unzipped-mb",
+        type=float,
+        default=d.max_unzipped_mb,
+        help=f"largest unpacked zip (default {d.max_unzipped_mb:g})",
+    )
+    g.add_argument(
+        "--max-zip-files", type=int, default=d.max_zip_files, help=f"most files in a zip (default {d.max_zip_files})"
+    )
     g.add_argument(
         "--keep-minutes",
         type=float,

@@ -34,13 +34,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import DiskFullError, disk_full_errors
 from ..inference.batch import InferenceOptions, write_volume_outputs
 from ..inference.inputs import LoadedInput, load_input
 from ..inference.postprocess import Detections, detection_scores, postprocess_query_outputs
 from ..inference.volume import VolumeSegmentation, resolve_axis, segment_volume
 from ..io import WINDOW_PRESETS
-from ..errors import DiskFullError, disk_full_errors
-from .limits import UploadLimits, UploadRefused, prune_work_dir
 from ..outputs import (
     label_montage,
     overlay_detections,
@@ -50,6 +49,7 @@ from ..outputs import (
     write_json,
     write_prompt_masks,
 )
+from .limits import UploadLimits, UploadRefused, prune_work_dir
 
 __all__ = [
     "WINDOW_CHOICES",

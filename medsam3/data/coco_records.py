@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+
 from ..errors import UserError
 
 __all__ = ["ConceptQuery", "ConceptSample", "DatasetError", "clean_annotation"]

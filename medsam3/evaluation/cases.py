@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..errors import UserError
 from ..io import Volume
 from ..io.windows import WindowSpec, parse_window
-from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -188,7 +188,9 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
                 f"({'; '.join(decoder.missing_dependencies)})",
                 codec_hint(ts),
             )
-    check_array_size(path, declared_shape(ds, path), max(4.0, _int_tag(ds, "BitsAllocated", 16, path) / 8), "pixel array")
+    check_array_size(
+        path, declared_shape(ds, path), max(4.0, _int_tag(ds, "BitsAllocated", 16, path) / 8), "pixel array"
+    )
     try:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom/plugins raise Runtime/Value/Key errors

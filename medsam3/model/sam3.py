@@ -12,8 +12,8 @@ from peft.tuners.lora import LoraLayer
 from transformers import Sam3Config, Sam3Model, Sam3Processor
 
 from ..config import LoraConfigSection, ModelConfig
-from .lora_targets import select_lora_targets
 from ..errors import UserError
+from .lora_targets import select_lora_targets
 
 __all__ = [
     "ModelLoadError",

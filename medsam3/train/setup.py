@@ -12,10 +12,10 @@ import torch.nn as nn
 from ..config import Config
 from ..data.coco import CocoConceptDataset
 from ..data.transforms import AugmentConfig
+from ..errors import UserError
 from ..model import add_lora, load_base_model
 from .data_paths import SplitPaths, split_paths
 from .distributed import DistInfo
-from ..errors import UserError
 
 __all__ = [
     "TrainingError",

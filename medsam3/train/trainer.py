@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..adapters.hub import prepare_hub
 from ..adapters.peft_format import save_adapter
 from ..config import Config
-from ..errors import disk_full_errors
 
 # From the modules, not the lazy package: `medsam3.data.collate` the module would shadow the function.
 from ..data.coco import DatasetError
 from ..data.collate import collate
+from ..errors import disk_full_errors
 from ..model import load_processor
 from ..outputs import write_json
 from .checkpoint import (

@@ -23,7 +23,8 @@ def _dataset(tmp_path: Path, annotations: list, images: list | None = None) -> P
         "images": images or [{"id": 1, "file_name": "img0.png", "height": 32, "width": 40}],
         "categories": [{"id": 1, "name": "liver"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 8], "segmentation": [[4, 4, 14, 4, 14, 12, 4, 12]]},
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 10, 8],
+             "segmentation": [[4, 4, 14, 4, 14, 12, 4, 12]]},
             *annotations,
         ],
     }  # fmt: skip
@@ -39,7 +40,9 @@ def _build(ann: Path):
 def test_polygon_far_outside_the_image_does_not_crash_pycocotools(tmp_path):
     """A coordinate of 1e30 made pycocotools' C rasteriser overflow and segfault (the fuzzer's worker
     died with SIGSEGV); run in a child process so a regression fails the test instead of killing it."""
-    ann = _dataset(tmp_path, [{"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[4, 4, 14, 1e30, 14, 12, 4, 12]]}])
+    ann = _dataset(
+        tmp_path, [{"id": 2, "image_id": 1, "category_id": 1, "segmentation": [[4, 4, 14, 1e30, 14, 12, 4, 12]]}]
+    )
     code = f"""
 import logging; logging.disable(logging.CRITICAL)
 from medsam3.data import CocoConceptDataset

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from medsam3.cli.train import main as train_main
 from medsam3.train.checkpoint import TRAINABLE, list_checkpoints, load_trainer_state
-
 from tests.train.conftest import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +43,9 @@ def _intact(checkpoint: Path) -> None:
 def _config(tmp_path: Path, name: str, tiny_checkpoint, shapes_dir, output_dir: Path) -> Path:
     run = tmp_path / name
     run.mkdir()
-    path = tiny_train_config(run, tiny_checkpoint, shapes_dir, training=TRAINING, output={"output_dir": str(output_dir)})
+    path = tiny_train_config(
+        run, tiny_checkpoint, shapes_dir, training=TRAINING, output={"output_dir": str(output_dir)}
+    )
     return path
 
 
@@ -143,4 +144,3 @@ def test_an_interrupted_replacement_is_put_back(tmp_path):
     removed = remove_stale_tmp(tmp_path)
     assert [p.name for p in removed] == [".tmp-best_lora_weights-abc"]
     assert (tmp_path / "best_lora_weights" / "adapter_model.safetensors").read_bytes() == b"old"
-

@@ -21,11 +21,15 @@ import json
 import subprocess
 import sys
 import tempfile
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip-audit brings tomli
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -77,3 +77,19 @@ def test_the_script_runs_inputs_in_a_bounded_worker(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("config"))
     assert "inputs     40" in line and "/s" in line and "distinct failures 0" in line
+
+
+def test_an_input_that_spins_is_stopped_and_reported(quiet):
+    """5 s of CPU time per input, then the input is a 'hang' finding and the run goes on."""
+
+    def spin(path):
+        while True:
+            path.exists()
+
+    one_seed = lambda _tmp: [HARNESS.Seed("one", {"a.txt": b"x"}, "a.txt")]  # noqa: E731
+    HARNESS.TARGETS["spin"] = HARNESS.Target(one_seed, spin, ())
+    try:
+        report = HARNESS.fuzz_target("spin", max_inputs=1, budget=60, seed=0, in_process=True)
+    finally:
+        del HARNESS.TARGETS["spin"]
+    assert list(report.findings) == [f"hang over {HARNESS.TIME_LIMIT_S} s"]

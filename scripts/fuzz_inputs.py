@@ -624,12 +624,14 @@ class Report:
     seconds: float = 0.0
     slowest: float = 0.0
     findings: dict[str, list] = field(default_factory=dict)  # signature -> [count, example files, traceback]
+    interrupted: bool = False
 
     def line(self) -> str:
         rate = self.inputs / self.seconds if self.seconds else 0.0
         return (
             f"{self.target:13s} inputs {self.inputs:6d}  {rate:6.1f}/s  ok {self.ok:6d}  user errors "
             f"{self.user_errors:6d}  slowest {self.slowest:5.2f} s  distinct failures {len(self.findings)}"
+            + ("  (interrupted)" if self.interrupted else "")
         )
 
 
@@ -691,6 +693,8 @@ def fuzz_target(
 
             one()
             chunk += 1
+    except KeyboardInterrupt:  # Ctrl-C (or kill -INT): report what ran so far
+        report.interrupted = True
     finally:
         worker.close()
     report.seconds = time.monotonic() - start
@@ -731,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
             if tb:
                 print("      " + tb.strip().splitlines()[-1][:300])
         reports.append(report)
+        if report.interrupted:
+            break
     total = sum(len(r.findings) for r in reports)
     print(f"total: {sum(r.inputs for r in reports)} inputs, {total} distinct failures")
     return 1 if total else 0

@@ -14,6 +14,7 @@ Nothing here scales intensities: this module returns the stored values;
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -195,8 +196,52 @@ def _needs_codec(exc: BaseException) -> bool:
     return "imagecodecs" in str(exc)
 
 
+MAX_TIFF_PAGES = 100_000
+
+
+def check_tiff_page_chain(path: Path) -> int:
+    """Walk the TIFF's chain of image directories (IFDs) and return how many there are.
+
+    A corrupt file whose next-IFD offset points back to an earlier one makes tifffile walk the same
+    page forever (found by the fuzzer: a TIFF whose next page is itself); this refuses it first.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            return 0  # not a TIFF header: tifffile says what is wrong
+        magic = struct.unpack(order + "H", head[2:4])[0]
+        big = magic == 43
+        if magic not in (42, 43) or (big and len(head) < 16):
+            return 0
+        count_fmt, entry_size, offset_fmt = (order + "Q", 20, order + "Q") if big else (order + "H", 12, order + "I")
+        offset = struct.unpack(offset_fmt, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise ImageReadError(
+                    path, f"the TIFF's page chain loops back to offset {offset}", "the file is corrupt; re-export it"
+                )
+            if len(seen) >= MAX_TIFF_PAGES or offset + 8 > size:
+                break  # tifffile reports a truncated chain itself
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                break
+            fh.seek(offset + len(raw) + struct.unpack(count_fmt, raw)[0] * entry_size)
+            raw = fh.read(struct.calcsize(offset_fmt))
+            if len(raw) < struct.calcsize(offset_fmt):
+                break
+            offset = struct.unpack(offset_fmt, raw)[0]
+    return len(seen)
+
+
 def _read_tiff(path: Path, alpha: AlphaMode) -> RasterImage:
     import tifffile
+
+    check_tiff_page_chain(path)
 
     meta: dict[str, Any] = {"format": "TIFF", "reader": "tifffile"}
     try:

@@ -155,3 +155,28 @@ def test_messages_from_corrupt_files_are_one_readable_line():
     assert "\n" not in text and "\x00" not in text and len(text) <= 400 and text.endswith("...")
     err = ImageReadError("scan.dcm", "bad tag\x00\x01 value\nnext line")
     assert isinstance(err, UserError) and str(err) == "Cannot read 'scan.dcm': bad tag value next line"
+
+
+def test_tiff_whose_page_chain_loops_is_refused_at_once():
+    """Found by the long fuzz run: the next-page offset points back at the first page, and tifffile
+    walked the same page forever (231,000 pages in 5 s, logging a warning for each)."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ImageReadError, match="page chain loops back"):
+        read_rgb(FIXTURES / "looping_pages.tif")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_multi_page_and_big_tiffs_still_read(tmp_path):
+    import tifffile
+
+    from medsam3.io.images import check_tiff_page_chain
+
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as writer:
+        for k in range(3):
+            writer.write(np.full((8, 8), k, np.uint8))
+    tifffile.imwrite(tmp_path / "big.tif", np.arange(64, dtype=np.uint16).reshape(8, 8), bigtiff=True)
+    assert check_tiff_page_chain(tmp_path / "pages.tif") == 3
+    assert check_tiff_page_chain(tmp_path / "big.tif") == 1
+    assert read_rgb(tmp_path / "big.tif").shape == (8, 8, 3)

@@ -73,6 +73,7 @@ CORRUPT_ELEMENT_ERRORS = (
     EOFError,
     UnicodeError,
     struct.error,
+    RuntimeError,  # pydicom's BytesLengthException (a value whose length fits no VR), RecursionError
 )
 
 
@@ -85,7 +86,10 @@ def corrupt_file_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(path, *args, **kwargs)
         except ImageReadError:
             raise
-        except CORRUPT_ELEMENT_ERRORS as exc:
+        except Exception as exc:
+            # pydicom's own exceptions (BytesLengthException, InvalidDicomError, ...) derive from Exception
+            if not isinstance(exc, CORRUPT_ELEMENT_ERRORS) and not type(exc).__module__.startswith("pydicom"):
+                raise
             raise ImageReadError(
                 path,
                 f"corrupt DICOM data ({type(exc).__name__}: {exc})",

@@ -14,6 +14,7 @@ Nothing here scales intensities: this module returns the stored values;
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,9 @@ def _needs_codec(exc: BaseException) -> bool:
 
 
 MAX_TIFF_PAGES = 100_000
+# Deflate packs at most ~1032:1, 8 one-bit pixels a byte: a TIFF declaring more values per stored byte
+# is corrupt (found by the fuzzer: 466 bytes declaring 3 x 8388608 x 8 pixels took 25 s of CPU).
+MAX_VALUES_PER_BYTE = 10_000
 
 
 def check_tiff_page_chain(path: Path) -> int:
@@ -257,6 +261,13 @@ def _read_tiff(path: Path, alpha: AlphaMode) -> RasterImage:
                     "save each plane as its own file (or pass a single-page TIFF)",
                 )
             check_array_size(path, shape, max(4, series.dtype.itemsize), "image")
+            values, stored = math.prod(shape), max(1, path.stat().st_size)
+            if values > MAX_VALUES_PER_BYTE * stored:  # tifffile decodes strip by strip in Python: a CPU bomb
+                raise ImageReadError(
+                    path,
+                    f"the header declares {values} values in a {stored}-byte file (more than deflate can pack)",
+                    "the file is corrupt; re-export it",
+                )
             arr = series.asarray()
             photometric = int(page.photometric)
             colormap = page.colormap

@@ -180,3 +180,37 @@ def test_multi_page_and_big_tiffs_still_read(tmp_path):
     assert check_tiff_page_chain(tmp_path / "pages.tif") == 3
     assert check_tiff_page_chain(tmp_path / "big.tif") == 1
     assert read_rgb(tmp_path / "big.tif").shape == (8, 8, 3)
+
+
+def test_tiff_declaring_millions_of_strips_in_a_few_bytes_is_refused_at_once():
+    """Found by the long fuzz run: 466 bytes declaring 3 x 8388608 x 8 one-bit pixels; tifffile then
+    decoded 3 million strips in Python (25 s of CPU) before failing."""
+    import time
+
+    t0 = time.process_time()
+    with pytest.raises(ImageReadError, match="values in a 466-byte file"):
+        read_rgb(FIXTURES / "strip_bomb.tif")
+    assert time.process_time() - t0 < 2
+
+
+def test_series_slice_with_a_value_of_impossible_length(tmp_path):
+    """Found by the long fuzz run: Rows stored with 3 bytes (US needs 2) raised pydicom's
+    BytesLengthException while the series reader compared slice sizes."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(_testfile("CT_small.dcm"))
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for k in range(2):
+        src.SOPInstanceUID = generate_uid()
+        src.ImagePositionPatient = [0.0, 0.0, 2.0 * k]
+        src.save_as(folder / f"IM{k}.dcm")
+    data = bytearray((folder / "IM1.dcm").read_bytes())
+    at = data.find(b"\x28\x00\x10\x00US\x02\x00")  # (0028,0010) Rows, explicit VR little endian
+    assert at > 0
+    data[at + 6 : at + 10] = b"\x03\x00\x80\x00"  # length 3, then one byte too many
+    data.insert(at + 10, 0)
+    (folder / "IM1.dcm").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError):
+        load_volume(folder)

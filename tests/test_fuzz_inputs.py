@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO
 
 SCRIPT = REPO / "scripts" / "fuzz_inputs.py"
-SHORT_RUN = int(os.environ.get("MEDSAM3_FUZZ_INPUTS", "150"))
+SHORT_RUN = int(os.environ.get("MEDSAM3_FUZZ_INPUTS", "300"))
 
 
 def _harness():

@@ -386,3 +386,39 @@ def save_tiny_adapter(config: Path, out_dir: Path, metadata: dict | None = None)
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     return save_adapter(peft_model, out_dir, metadata=metadata)
+
+
+class SmallDisk:
+    """A tmpfs of a few MiB: a real full disk (ENOSPC from the kernel), grown later to "free space"."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def resize(self, size: str) -> None:
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)`` -> a :class:`SmallDisk` mounted at a fresh folder; unmounted afterwards.
+
+    Needs the right to mount (root, or CAP_SYS_ADMIN): skipped with the reason elsewhere.
+    """
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def make(size: str = "2m") -> SmallDisk:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or done.returncode})")
+        mounted.append(where)
+        return SmallDisk(where)
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

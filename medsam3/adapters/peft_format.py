@@ -100,9 +100,13 @@ def read_peft_adapter(path: str | Path) -> AdapterWeights:
     declared = False
     if config_file.is_file():
         try:
-            meta = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"{config_file}: not valid JSON ({exc})") from exc
+            meta = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AdapterError(f"{config_file}: not valid JSON ({exc}); re-export the adapter") from exc
+        if not isinstance(meta, dict):
+            raise AdapterError(
+                f"{config_file}: expected a JSON object (PEFT's adapter config), got {type(meta).__name__}"
+            )
         declared = True
         alpha = meta.get("lora_alpha")
         base_model = meta.get("base_model_name_or_path")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +135,11 @@ def meta_module_for(hf_module: str) -> tuple[LayerMapping, int] | None:
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else "no message"
+
+
 def load_upstream_file(path: str | Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``: tensors only, never code; clear errors for bad files."""
     path = Path(path)
@@ -147,11 +151,11 @@ def load_upstream_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise AdapterError(
             f"{path}: refused to load: the file holds Python objects besides tensors, and unpickling them could "
             f"run code (loaded with weights_only=True). An upstream adapter is a plain dict of tensors; "
-            f"re-export it with torch.save(state_dict) from a trusted environment. ({str(exc).splitlines()[0]})"
+            f"re-export it with torch.save(state_dict) from a trusted environment. ({_first_line(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle stream raises Runtime/EOF/Index/Key/Type/... errors
         raise AdapterError(
-            f"{path}: not a readable PyTorch file ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            f"{path}: not a readable PyTorch file ({type(exc).__name__}: {_first_line(exc)}); "
             f"it may be truncated: download it again"
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -10,10 +10,12 @@ import argparse
 import logging
 import os
 import socket
+from pathlib import Path
 
 from ..config import load_config
 from ..console import add_set_flag, run_command, setup_logging
 from ..errors import UserError
+from .limits import add_limit_flags, limits_from_args, start_sweeper
 
 __all__ = ["build_parser", "main"]
 
@@ -47,9 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
     p.add_argument("--work-dir", help="where uploads are unpacked and downloads written (default: a temp folder)")
+    add_limit_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
+
+
+def _gradio_cache_sweep(demo, limits):
+    """Gradio's own cache deletion (files it copied for the page), run by our sweeper; falls back to
+    Gradio's ``delete_cache`` task if that function moves in a future Gradio."""
+    try:
+        from gradio.route_utils import delete_files_created_by_app
+    except ImportError:
+        demo.delete_cache = (max(1, int(min(limits.keep_seconds, 1200) // 2)), int(limits.keep_seconds))
+        return None
+    return lambda: delete_files_created_by_app(demo, int(limits.keep_seconds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +100,7 @@ def serve(args: argparse.Namespace) -> int:
         import gradio  # noqa: F401
     except ImportError as exc:
         raise UserError("the web app needs Gradio: pip install -e '.[app]' (or pip install 'medsam3[app]')") from exc
+    limits = limits_from_args(args)
     cfg = load_config(args.config, args.set)
     from ..adapters.plan import plan_run
 
@@ -95,12 +110,18 @@ def serve(args: argparse.Namespace) -> int:
     from .ui import build_ui
 
     predictor = Predictor.from_plan(plan)
-    service = AppService(predictor, work_dir=args.work_dir, allow_unknown=args.allow_unknown)
+    service = AppService(predictor, work_dir=args.work_dir, allow_unknown=args.allow_unknown, limits=limits)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
     try:
+        from gradio.utils import get_upload_folder
+
         demo = build_ui(service)
         # One event at a time per listener, and one model call at a time (the service's lock): users queue.
         demo.queue(default_concurrency_limit=1)
+        # Uploads, results and Gradio's file cache are swept alike: files older than --keep-minutes.
+        start_sweeper(
+            service.work_dir, limits.keep_seconds, Path(get_upload_folder()), _gradio_cache_sweep(demo, limits)
+        )
         demo.launch(
             server_name=args.host,
             server_port=args.port,
@@ -108,6 +129,7 @@ def serve(args: argparse.Namespace) -> int:
             show_error=True,
             allowed_paths=[str(service.work_dir)],
             footer_links=[],
+            max_file_size=limits.gradio_max_file_size(),  # refused by Gradio before it is stored
         )
     finally:
         service.close()  # the temporary folder it made (not a --work-dir the user gave)

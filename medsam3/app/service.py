@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import UserError
+from ..errors import DiskFullError, UserError, disk_full_errors
 from ..inference.batch import InferenceOptions, write_volume_outputs
 from ..inference.dicom_export import auto_dicom_export, image_dicom_outputs
 from ..inference.inputs import LoadedInput, load_input
@@ -47,6 +48,7 @@ from ..outputs import (
     overlay_labels,
     write_image_outputs,
 )
+from .limits import UploadLimits, UploadRefused, prune_work_dir
 
 __all__ = [
     "WINDOW_CHOICES",
@@ -63,7 +65,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WINDOW_CHOICES = ["auto", "dicom", "percentile", *WINDOW_PRESETS]
-ZIP_MAX_BYTES = 4 << 30  # a zipped DICOM series larger than this unpacked is refused (zip bombs)
 _BOX_LINE = re.compile(r"^\s*([+-]|pos(?:itive)?|neg(?:ative)?)?\s*(.*)$", re.IGNORECASE)
 
 
@@ -268,6 +269,7 @@ class AppService:
         image_cache_size: int = 4,
         output_cache_size: int = 16,
         allow_unknown: bool = False,
+        limits: UploadLimits | None = None,
     ):
         self.predictor = predictor
         self.allow_unknown = allow_unknown
@@ -285,9 +287,11 @@ class AppService:
         self._image_cache_size = image_cache_size
         self._output_cache_size = output_cache_size
         self._counter = itertools.count()
+        self.limits = limits or UploadLimits()
 
     def new_dir(self, kind: str) -> Path:
         """A fresh folder under the work dir, one per upload or run (never shared between sessions)."""
+        prune_work_dir(self.work_dir, self.limits.keep_seconds)
         path = self.work_dir / f"{kind}-{next(self._counter):05d}-{os.getpid()}"
         path.mkdir(parents=True)
         return path
@@ -299,6 +303,7 @@ class AppService:
         Raises ValueError (ImageReadError for unreadable files) with a message for the page.
         """
         path = Path(path)
+        self.limits.check_upload(path)
         target = self._unzip(path) if path.suffix.lower() == ".zip" else path
         window_spec = None if window in (None, "", "auto") else window
         loaded = load_input(target, window_spec, volume_index)
@@ -317,18 +322,17 @@ class AppService:
                     for m in zf.infolist()
                     if not m.is_dir() and "__MACOSX" not in m.filename and not Path(m.filename).name.startswith(".")
                 ]
-                if not members:
-                    raise UserError(f"{path.name}: the zip file holds no files")
-                if sum(m.file_size for m in members) > ZIP_MAX_BYTES:
-                    raise UserError(f"{path.name}: unpacks to more than {ZIP_MAX_BYTES >> 30} GiB; upload fewer files")
+                self.limits.check_zip(path.name, members)
                 dest = self.new_dir("unzipped")
-                for m in members:
-                    zf.extract(m, dest)  # zipfile drops absolute paths and '..' from member names
-        except zipfile.BadZipFile as exc:
-            raise UserError(
-                f"{path.name}: not a readable zip file ({exc}); zip the DICOM series folder again"
-            ) from None
-        files = [dest / m.filename for m in members]
+                with disk_full_errors(dest, "the unpacked upload"):
+                    # where each member landed: zipfile drops absolute paths and '..' from member names
+                    files = [Path(zf.extract(m, dest)) for m in members]
+        except (UploadRefused, DiskFullError):
+            raise
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+            raise UploadRefused(
+                f"{path.name}: not a readable zip file ({type(exc).__name__}: {exc}); zip the DICOM series folder again"
+            ) from exc
         if len(files) == 1:
             return files[0]
         return Path(os.path.commonpath([f.parent for f in files]))

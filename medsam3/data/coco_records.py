@@ -207,6 +207,9 @@ def clean_annotation(source: Path, ann: dict[str, Any], rec: ImageRecord) -> dic
         for poly in segm:
             if not isinstance(poly, list) or not all(is_number(v) for v in poly):
                 return "polygon with non-numeric coordinates"
+            # pycocotools rasterises in C with int arithmetic: far-away points overflow it (a crash)
+            if not all(-w <= x <= 2 * w for x in poly[0::2]) or not all(-h <= y <= 2 * h for y in poly[1::2]):
+                return f"polygon coordinates far outside the {w}x{h} image: {str(poly)[:80]}"
             if len(poly) < 6 or len(poly) % 2:
                 continue
             if polygon_area(poly) <= 0.0:
@@ -230,10 +233,21 @@ def clean_annotation(source: Path, ann: dict[str, Any], rec: ImageRecord) -> dic
             return "RLE without 'size' and 'counts'"
         if not all(is_number(v) for v in size) or [int(size[0]), int(size[1])] != [h, w]:
             return f"RLE size {size} does not match the image size {[h, w]}"
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                return "RLE counts must be non-negative integers"
+            if sum(counts) != h * w:
+                return f"RLE counts add up to {sum(counts)} pixels, the image has {h * w}"
+        elif not isinstance(counts, (str, bytes)):
+            return f"RLE counts must be a list or a string, not {type(counts).__name__}"
         try:
             rle = mask_utils.frPyObjects(segm, h, w) if isinstance(counts, list) else segm
+            if not isinstance(counts, list):  # a compressed string: decode once, so a bad one is refused here
+                decoded = mask_utils.decode(rle)
+                if decoded.shape[:2] != (h, w):
+                    return f"RLE decodes to {decoded.shape[:2]}, the image is {(h, w)}"
             area = float(mask_utils.area(rle))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, UnicodeError) as err:
             return f"unreadable RLE ({err})"
         if area <= 0:
             return "empty RLE mask"
@@ -427,6 +441,13 @@ def _parse_categories(source: Path, raw: dict[str, Any], skip: SkipLog) -> tuple
     return concepts, cat_to_key
 
 
+MAX_SIDE = 65535  # the largest PNG/JPEG side; annotation frames beyond it are corrupt (masks are h x w)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _image_size(path: Path, entry: dict[str, Any], verify: bool) -> tuple[int, int] | str:
     """(height, width) of the annotation frame, or why the image is unusable."""
     height, width = entry.get("height"), entry.get("width")
@@ -464,8 +485,13 @@ def _parse_images(
             skip("images", f"image id={iid} file_name={file_name!r}: path leaves the image root {root}")
             continue
         path = root / file_name
-        problem = None if path.is_file() else f"file not found at {path}"
+        try:
+            problem = None if path.is_file() else f"file not found at {path}"
+        except (OSError, ValueError) as err:  # a name too long, or with a NUL byte
+            problem = f"not a usable file name ({err})"
         size = _image_size(path, img, verify) if problem is None else problem
+        if not isinstance(size, str) and not (1 <= size[0] <= MAX_SIDE and 1 <= size[1] <= MAX_SIDE):
+            size = f"size {size[1]}x{size[0]} is not plausible (masks are decoded at it)"
         if isinstance(size, str):
             skip("images", f"image id={iid} file_name={file_name!r}: {size}")
             rejected.append((file_name, path, size))
@@ -481,7 +507,9 @@ def _parse_annotations(
     images: dict[int, ImageRecord],
     cat_to_key: dict[int, str],
 ) -> list[dict[str, Any]]:
-    known_image_ids = {img.get("id") for img in raw.get("images", []) if isinstance(img, dict)}
+    known_image_ids = {
+        img.get("id") for img in raw.get("images", []) if isinstance(img, dict) and _is_int(img.get("id"))
+    }
     cleaned: list[dict[str, Any]] = []
     anns = raw.get("annotations", [])
     next_id = 1 + max((a["id"] for a in anns if isinstance(a, dict) and isinstance(a.get("id"), int)), default=0)
@@ -493,13 +521,16 @@ def _parse_annotations(
         aid = ann.get("id")
         label = f"annotation id={aid} (image id={ann.get('image_id')})"
         iid = ann.get("image_id")
+        if not _is_int(iid):
+            skip("annotations", f"{label}: no integer 'image_id'")
+            continue
         if iid not in images:
             if iid not in known_image_ids:
                 skip("annotations", f"{label}: unknown image id")
             continue  # image itself was skipped (already reported)
         rec = images[iid]
         cid = ann.get("category_id")
-        if cid not in cat_to_key:
+        if not _is_int(cid) or cid not in cat_to_key:
             skip("annotations", f"{label}: unknown or unnamed category id {cid!r}")
             continue
         key = cat_to_key[cid]

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..errors import DiskFullError
 from ..io import Image2D, Volume, label_map_image, save_volume
 from ..io.windows import WindowSpec
 from ..outputs import (
@@ -437,6 +438,8 @@ def run_batch(
                         record = process_image(predictor, loaded, out_dir, opts)
                         outcome = _Outcome(index, str(path), record["summary_rows"], "processed")
                         outcome.coco_image, outcome.coco_anns = coco_entries(image_id, path, record)
+                except DiskFullError:  # every later input would fail alike: stop, finished outputs stay
+                    raise
                 except Exception as exc:  # one bad input must not stop the batch
                     message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
                     logger.error("FAILED %s: %s", path, message)

@@ -10,6 +10,7 @@ training (which imports it from here) share one copy.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch.distributed as dist
 
 from ..errors import UserError
 from ..model import resolve_device
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DistInfo",
@@ -135,6 +138,6 @@ def path_bytes(*paths: str | Path | None) -> int:
             total += (
                 sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
             )
-        except OSError:
-            pass
+        except OSError as exc:  # gone or unreadable: it weighs nothing here, and the batch reports it
+            logger.debug("size of %s unknown: %s", path, exc)
     return total

@@ -19,16 +19,21 @@ written to NIfTI unchanged.
 
 from __future__ import annotations
 
+import functools
 import logging
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .errors import ImageReadError, MissingCodecError
+from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Which pip packages give pydicom a decoder, per compressed transfer syntax.
 _J2K = "pip install pylibjpeg pylibjpeg-openjpeg"
@@ -53,6 +58,45 @@ _CODEC_HINTS: dict[str, str] = {
 _GENERIC_CODEC_HINT = "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls python-gdcm"
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# What pydicom raises when a lazily parsed element of a corrupt file is first read (a value that
+# does not convert, a length past the end, an unknown VR): the file's fault wherever it surfaces.
+CORRUPT_ELEMENT_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    NotImplementedError,
+    OverflowError,
+    EOFError,
+    UnicodeError,
+    struct.error,
+    RuntimeError,  # pydicom's BytesLengthException (a value whose length fits no VR), RecursionError
+)
+
+
+def corrupt_file_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Readers taking ``path`` first: a pydicom error on a corrupt element becomes an :class:`ImageReadError`."""
+
+    @functools.wraps(fn)
+    def reader(path: Path, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(path, *args, **kwargs)
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            # pydicom's own exceptions (BytesLengthException, InvalidDicomError, ...) derive from Exception
+            if not isinstance(exc, CORRUPT_ELEMENT_ERRORS) and not type(exc).__module__.startswith("pydicom"):
+                raise
+            raise ImageReadError(
+                path,
+                f"corrupt DICOM data ({type(exc).__name__}: {exc})",
+                "the file is damaged or not standard DICOM; re-export it",
+            ) from exc
+
+    return reader
 
 
 def codec_hint(transfer_syntax_uid: str) -> str:
@@ -126,6 +170,12 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
             path, f"DICOM file has no pixel data (it is a {kind})", "pass an image DICOM file or series"
         )
     ts = _transfer_syntax(ds)
+    if ts is not None and not ts.is_transfer_syntax:
+        raise ImageReadError(
+            path,
+            f"the file meta's transfer syntax '{ts}' is not a DICOM transfer syntax UID",
+            "the file header is corrupt; re-export the file",
+        )
     if ts is not None and ts.is_compressed:
         from pydicom.pixels import get_decoder
 
@@ -142,6 +192,9 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
                 f"({'; '.join(decoder.missing_dependencies)})",
                 codec_hint(ts),
             )
+    check_array_size(
+        path, declared_shape(ds, path), max(4.0, _int_tag(ds, "BitsAllocated", 16, path) / 8), "pixel array"
+    )
     try:
         return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom/plugins raise Runtime/Value/Key errors
@@ -153,6 +206,35 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
             f"pixel data could not be decoded ({type(exc).__name__}: {text})",
             "the file may be truncated or corrupt; re-export it",
         ) from exc
+    except BaseException as exc:
+        # Decoders written in Rust (pylibjpeg-rle) panic on corrupt data; pyo3's PanicException is a
+        # BaseException so that `except Exception` cannot swallow it. It is still the file's fault.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ImageReadError(
+            path,
+            f"the pixel data decoder failed on this file ({str(exc).splitlines()[0] if str(exc) else 'panic'})",
+            "the compressed pixel data is corrupt; re-export the file",
+        ) from exc
+
+
+def _int_tag(ds, tag: str, default: int, path: Path) -> int:
+    """An integer header value (a corrupt one is the file's fault, said with the tag's name)."""
+    try:
+        value = ds.get(tag, default)
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ImageReadError(path, f"the header's {tag} is not a number ({exc})", "the file is corrupt") from exc
+
+
+def declared_shape(ds, path: Path) -> tuple[int, int, int, int]:
+    """(frames, rows, columns, samples) as the header declares them, before decoding anything."""
+    return (
+        _int_tag(ds, "NumberOfFrames", 1, path) or 1,
+        _int_tag(ds, "Rows", 0, path),
+        _int_tag(ds, "Columns", 0, path),
+        _int_tag(ds, "SamplesPerPixel", 1, path) or 1,
+    )
 
 
 def floats_of(value: Any) -> list[float] | None:
@@ -227,6 +309,7 @@ class DicomImage:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@corrupt_file_errors
 def read_dicom_image(path: Path) -> DicomImage:
     """A single-frame DICOM file as a 2D image (multi-frame files are volumes)."""
     from pydicom.pixels import apply_modality_lut

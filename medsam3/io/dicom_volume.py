@@ -20,6 +20,7 @@ import numpy as np
 from .dicom import (
     LPS_TO_RAS,
     basic_meta_of,
+    corrupt_file_errors,
     decode_pixels,
     first_window_of,
     floats_of,
@@ -28,6 +29,7 @@ from .dicom import (
     read_dataset,
 )
 from .errors import ImageReadError
+from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +217,7 @@ def _list_candidate_files(folder: Path) -> list[Path]:
     return [p for p in files if p.name.upper() != "DICOMDIR"]
 
 
+@corrupt_file_errors
 def read_dicom_series(folder: Path, *, series_uid: str | None = None) -> DicomVolume:
     """A folder of single-frame DICOM files (one series) -> volume.
 
@@ -289,6 +292,8 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None) -> DicomVo
             "the folder mixes series; keep one series per folder",
         )
 
+    rows, columns = next(iter(shapes))
+    check_array_size(folder, (len(chosen), rows, columns), 4, "volume")  # before decoding any slice
     infos = [_info_from_ds(ds, f.name) for f, ds in chosen]
     order, sort_meta = _order_slices(infos, folder, "the series")
     chosen = [chosen[k] for k in order]
@@ -340,6 +345,7 @@ def _fg_value(ds, frame: int, sequence: str, attr: str) -> Any:
     return item.get(attr) if item is not None else None
 
 
+@corrupt_file_errors
 def read_dicom_multiframe(path: Path) -> DicomVolume:
     """A single DICOM file (multi-frame, or one slice) -> volume.
 
@@ -420,6 +426,7 @@ def read_dicom_multiframe(path: Path) -> DicomVolume:
     )
 
 
+@corrupt_file_errors
 def dicom_frame_count(path: Path) -> int:
     """NumberOfFrames from the header only (1 when absent)."""
     ds = read_dataset(path, stop_before_pixels=True)

@@ -8,9 +8,19 @@ a traceback. The original exception is always chained (``raise ... from``).
 from __future__ import annotations
 
 import errno
+import re
 from os import PathLike
 
 from ..errors import UserError
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_MAX_REASON = 400
+
+
+def printable(text: str, limit: int = _MAX_REASON) -> str:
+    """``text`` as one readable line: control bytes from a corrupt file become spaces, long values are cut."""
+    text = " ".join(_UNPRINTABLE.sub(" ", str(text)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ImageReadError(UserError):
@@ -24,9 +34,9 @@ class ImageReadError(UserError):
 
     def __init__(self, path: str | PathLike[str], reason: str, hint: str = "") -> None:
         self.path = str(path)
-        self.reason = reason
+        self.reason = printable(reason)
         self.hint = hint
-        message = f"Cannot read '{self.path}': {reason}"
+        message = f"Cannot read '{self.path}': {self.reason}"
         if hint:
             message += f". Fix: {hint}"
         super().__init__(message)

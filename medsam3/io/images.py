@@ -14,6 +14,8 @@ Nothing here scales intensities: this module returns the stored values;
 from __future__ import annotations
 
 import logging
+import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, MissingCodecError
+from .limits import check_array_size
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,10 @@ def _png_16bit_color(path: Path) -> bool:
 
 def _read_png16_color(path: Path, alpha: AlphaMode) -> RasterImage:
     """16-bit RGB(A) PNG via OpenCV, because Pillow truncates it to 8 bit."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    check_array_size(path, (height, width, 4), 4, "image")
     try:
         import cv2
     except ImportError:  # pragma: no cover - opencv is a dependency of medsam3
@@ -135,6 +142,7 @@ def _read_pil(path: Path, fmt: str, alpha: AlphaMode, skip_png16: bool = False) 
     name = fmt.upper()
     try:
         with Image.open(path) as opened:
+            check_array_size(path, (opened.height, opened.width, len(opened.getbands())), 4, "image")
             opened.load()
             meta: dict[str, Any] = {"format": opened.format, "mode": opened.mode, "reader": "pillow"}
             if getattr(opened, "n_frames", 1) > 1:
@@ -145,6 +153,8 @@ def _read_pil(path: Path, fmt: str, alpha: AlphaMode, skip_png16: bool = False) 
             if orientation and orientation != 1:
                 meta["exif_orientation"] = int(orientation)
             transparency = "transparency" in opened.info
+    except ImageReadError:
+        raise
     except UnidentifiedImageError as exc:
         raise ImageReadError(
             path,
@@ -187,8 +197,55 @@ def _needs_codec(exc: BaseException) -> bool:
     return "imagecodecs" in str(exc)
 
 
+MAX_TIFF_PAGES = 100_000
+# Deflate packs at most ~1032:1, 8 one-bit pixels a byte: a TIFF declaring more values per stored byte
+# is corrupt (found by the fuzzer: 466 bytes declaring 3 x 8388608 x 8 pixels took 25 s of CPU).
+MAX_VALUES_PER_BYTE = 10_000
+
+
+def check_tiff_page_chain(path: Path) -> int:
+    """Walk the TIFF's chain of image directories (IFDs) and return how many there are.
+
+    A corrupt file whose next-IFD offset points back to an earlier one makes tifffile walk the same
+    page forever (found by the fuzzer: a TIFF whose next page is itself); this refuses it first.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            return 0  # not a TIFF header: tifffile says what is wrong
+        magic = struct.unpack(order + "H", head[2:4])[0]
+        big = magic == 43
+        if magic not in (42, 43) or (big and len(head) < 16):
+            return 0
+        count_fmt, entry_size, offset_fmt = (order + "Q", 20, order + "Q") if big else (order + "H", 12, order + "I")
+        offset = struct.unpack(offset_fmt, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise ImageReadError(
+                    path, f"the TIFF's page chain loops back to offset {offset}", "the file is corrupt; re-export it"
+                )
+            if len(seen) >= MAX_TIFF_PAGES or offset + 8 > size:
+                break  # tifffile reports a truncated chain itself
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                break
+            fh.seek(offset + len(raw) + struct.unpack(count_fmt, raw)[0] * entry_size)
+            raw = fh.read(struct.calcsize(offset_fmt))
+            if len(raw) < struct.calcsize(offset_fmt):
+                break
+            offset = struct.unpack(offset_fmt, raw)[0]
+    return len(seen)
+
+
 def _read_tiff(path: Path, alpha: AlphaMode) -> RasterImage:
     import tifffile
+
+    check_tiff_page_chain(path)
 
     meta: dict[str, Any] = {"format": "TIFF", "reader": "tifffile"}
     try:
@@ -202,6 +259,14 @@ def _read_tiff(path: Path, alpha: AlphaMode) -> RasterImage:
                     path,
                     f"TIFF holds several images (axes {axes}, shape {shape}), not one 2D image",
                     "save each plane as its own file (or pass a single-page TIFF)",
+                )
+            check_array_size(path, shape, max(4, series.dtype.itemsize), "image")
+            values, stored = math.prod(shape), max(1, path.stat().st_size)
+            if values > MAX_VALUES_PER_BYTE * stored:  # tifffile decodes strip by strip in Python: a CPU bomb
+                raise ImageReadError(
+                    path,
+                    f"the header declares {values} values in a {stored}-byte file (more than deflate can pack)",
+                    "the file is corrupt; re-export it",
                 )
             arr = series.asarray()
             photometric = int(page.photometric)

@@ -9,6 +9,7 @@ it exactly on the input scan.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, disk_full_errors
 from .errors import ImageReadError
+from .limits import check_array_size
 from .volume import as_label_array
 
 if TYPE_CHECKING:
@@ -88,6 +90,9 @@ def read_nifti(path: Path, volume_index: int | None = None) -> NiftiVolume:
                 path, f"volume index {volume_index} given, but the NIfTI is {len(shape)}D {shape}", "omit volume_index"
             )
         index = (Ellipsis,)
+    itemsize = img.get_data_dtype().itemsize
+    check_array_size(path, shape[:3], max(4, itemsize), "volume")
+    _check_stored_size(path, img, shape, itemsize)
     try:
         data = np.asarray(img.dataobj[index], dtype=np.float32)  # dataobj applies scl_slope/inter
     except Exception as exc:  # noqa: BLE001 - truncated gz, short file, ...
@@ -112,6 +117,28 @@ def read_nifti(path: Path, volume_index: int | None = None) -> NiftiVolume:
     return NiftiVolume(
         data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=tuple(zooms), header=hdr, meta=meta
     )  # type: ignore[arg-type]
+
+
+def _check_stored_size(path: Path, img, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a file shorter than its header says before allocating for it (a truncated file, or a few
+    bytes declaring a huge volume). A .nii.gz is checked against its gzip trailer (size mod 4 GiB)."""
+    needed = int(img.header.get_data_offset()) + math.prod(shape) * itemsize
+    name = path.name.lower()
+    if name.endswith(".nii"):
+        stored = path.stat().st_size
+    elif name.endswith(".gz") and needed < 2**32:
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            stored = int.from_bytes(fh.read(4), "little")
+    else:
+        return
+    if stored < needed:
+        raise ImageReadError(
+            path,
+            f"the header declares {' x '.join(map(str, shape))} voxels ({needed} bytes with the header), but the "
+            f"file holds {stored} bytes",
+            "the file is truncated or its header is corrupt; re-export it",
+        )
 
 
 def _check_nifti_path(path: Path) -> None:
@@ -176,8 +203,9 @@ def save_label_map(
     out = Path(path)
     _check_nifti_path(out)
     img = label_map_image(labels, reference, dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.to_filename(out)
+    with disk_full_errors(out, "the label map"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img.to_filename(out)
     logger.info(
         "wrote label map %s (shape %s, %s, max label %d)",
         out,
@@ -223,6 +251,7 @@ def save_volume(volume: Volume, path: str | PathLike[str]) -> Path:
     """Write the intensities of ``volume`` (e.g. a DICOM series in HU) as NIfTI."""
     out = Path(path)
     _check_nifti_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    volume_to_nifti(volume).to_filename(out)
+    with disk_full_errors(out, "the volume"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        volume_to_nifti(volume).to_filename(out)
     return out

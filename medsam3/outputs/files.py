@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import disk_full_errors
+
 __all__ = ["atomic_path", "save_png", "write_json"]
 
 
@@ -23,14 +25,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (same extension) that replaces ``path`` when the block ends.
 
     A reader never sees a half-written file, and an interrupted write leaves the previous file
-    (or none) in place: ``with atomic_path(p) as tmp: image.save(tmp)``.
+    (or none) in place: ``with atomic_path(p) as tmp: image.save(tmp)``. A full disk raises
+    :class:`medsam3.errors.DiskFullError` naming ``path`` (checked before the partial file is removed).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk_full_errors(path, "the output"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp{os.getpid()}_{path.name}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with disk_full_errors(path, "the output"):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputNotFoundError, UserError
+from ..errors import InputNotFoundError, UserError, disk_full_errors
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -44,6 +44,7 @@ __all__ = [
     "load_trainable",
     "load_trainer_state",
     "prune_checkpoints",
+    "remove_stale_tmp",
     "resolve_resume",
     "save_trainable",
 ]
@@ -53,17 +54,24 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.pt"
 TRAINABLE = "trainable.safetensors"
+TMP_PREFIX = ".tmp-"  # directories being written; a killed save leaves one, removed by remove_stale_tmp
 _STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; on success it replaces ``target``."""
+    """Yield a temporary directory beside ``target``; on success it replaces ``target``.
+
+    A full disk raises :class:`medsam3.errors.DiskFullError` naming ``target``; the partial directory
+    is removed and the previous ``target`` (and every other checkpoint) stays as it was.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    with disk_full_errors(target, "the checkpoint" if checkpoint_step(target) is not None else "the folder"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
     try:
-        yield tmp
+        with disk_full_errors(target, "the checkpoint" if checkpoint_step(target) is not None else "the folder"):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -75,6 +83,32 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_tmp(output_dir: str | Path) -> list[Path]:
+    """Delete half-written directories a killed run left (``kill -9`` during a save); returns them.
+
+    Call it only where no other process of this run writes (rank 0, before training starts).
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    stale = []
+    for path in sorted(output_dir.iterdir()):
+        if not path.is_dir():
+            continue
+        if path.name.startswith(".old-"):  # killed between the two renames of a replacement: put it back
+            original = output_dir / path.name[len(".old-") :].rsplit("-", 1)[0]
+            if not original.exists():
+                os.replace(path, original)
+                logger.warning("restored %s, moved aside by an interrupted save", original)
+                continue
+        elif not path.name.startswith(TMP_PREFIX):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted save", path)
+        stale.append(path)
+    return stale
 
 
 def checkpoint_step(path: Path) -> int | None:

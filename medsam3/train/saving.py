@@ -93,10 +93,16 @@ def drop_log_lines_after(log: Path, step: int) -> None:
     """On resume: lines the interrupted run wrote after its last checkpoint are replayed now, so drop them."""
     if not log.is_file():
         return
-    kept = [
-        line
-        for line in log.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
+    kept = []
+    for number, line in enumerate(log.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # cut short by a kill or a full disk: it was after the checkpoint
+            logger.warning("%s line %d is incomplete (an interrupted write); dropped", log, number)
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
     with atomic_path(log) as tmp:
         tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

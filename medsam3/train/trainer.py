@@ -34,6 +34,7 @@ from ..config import Config
 # From the modules, not the lazy package: `medsam3.data.collate` the module would shadow the function.
 from ..data.coco import DatasetError
 from ..data.collate import collate
+from ..errors import disk_full_errors
 from ..model import load_processor
 from ..outputs import write_json
 from .checkpoint import (
@@ -43,6 +44,7 @@ from .checkpoint import (
     load_trainable,
     load_trainer_state,
     prune_checkpoints,
+    remove_stale_tmp,
     resolve_resume,
     save_trainable,
 )
@@ -86,6 +88,8 @@ class Trainer:
         self.show_progress = show_progress
         # Fail fast on a bad --resume, before loading a multi-GB model.
         resume_dir = resolve_resume(resume, self.output_dir) if resume else None
+        if self.is_main:
+            remove_stale_tmp(self.output_dir)  # what a killed save left; it holds no finished checkpoint
         self.notes = report_config(cfg, self.device, self.dist)
 
         # -- precision
@@ -195,8 +199,9 @@ class Trainer:
         if not self.is_main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        with disk_full_errors(self.output_dir / LOG_FILE, "the training log"):
+            with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter

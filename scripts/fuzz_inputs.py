@@ -229,15 +229,20 @@ def coco_seeds(_tmp: Path) -> list[Seed]:
 
 
 def nnunet_json_seeds(_tmp: Path) -> list[Seed]:
+    """The shared datasets' dataset.json files, each beside one (empty) case: listing needs names only."""
     root = REPO.parent / "shared" / "datasets"
-    seeds = [
-        Seed(p.parent.name, {"dataset.json": p.read_bytes()}, "dataset.json")
-        for p in sorted(root.glob("*/dataset.json"))
-    ]
-    if not seeds:
-        example = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "numTraining": 2,
+    metas = {p.parent.name: p.read_bytes() for p in sorted(root.glob("*/dataset.json"))}
+    if not metas:
+        example = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "numTraining": 1,
                    "file_ending": ".nii.gz"}  # fmt: skip
-        seeds.append(Seed("example", {"dataset.json": json.dumps(example).encode()}, "dataset.json"))
+        metas["example"] = json.dumps(example).encode()
+    seeds = []
+    for name, blob in metas.items():
+        meta = json.loads(blob)
+        ending = meta.get("file_ending", ".nii.gz")
+        case = {f"imagesTr/case_{k:04d}{ending}": b"" for k in range(len(meta.get("channel_names", {"0": ""})))}
+        case[f"labelsTr/case{ending}"] = b""
+        seeds.append(Seed(name, {"dataset.json": blob, **case}, "", mutable=["dataset.json"]))
     return seeds
 
 
@@ -307,11 +312,11 @@ def read_coco(folder: Path):
     return [ds[k] for k in range(min(len(ds), 2))]
 
 
-def read_nnunet_json(path: Path):
-    """The importer's reader (medsam3.io.nnunet): parses dataset.json, then lists the cases beside it."""
+def read_nnunet_json(folder: Path):
+    """The importer's reader (medsam3.io.nnunet): parses dataset.json and lists the cases beside it."""
     from medsam3.io import nnunet
 
-    return nnunet.read_dataset(path.parent)
+    return nnunet.read_dataset(folder)
 
 
 def read_config(path: Path):

@@ -149,7 +149,7 @@ def _as_values(name: str, value: Any, where: Path) -> tuple[int, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
     try:
         values = tuple(int(v) for v in items)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         raise _fail(where, f"label {name!r} has value {value!r}", "give an integer or a list of integers") from None
     if not values or any(v < 0 for v in values):
         raise _fail(where, f"label {name!r} has value {value!r}", "label values are integers >= 0")

@@ -214,3 +214,15 @@ def test_series_slice_with_a_value_of_impossible_length(tmp_path):
     (folder / "IM1.dcm").write_bytes(bytes(data))
     with pytest.raises(ImageReadError):
         load_volume(folder)
+
+
+def test_nnunet_label_value_infinity_is_a_user_error(tmp_path):
+    """Found by scripts/fuzz_inputs.py (nnunet_json): JSON's Infinity as a label value crashed int()."""
+    from medsam3.errors import UserError
+    from medsam3.io.nnunet import read_dataset
+
+    (tmp_path / "dataset.json").write_text(
+        '{"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": Infinity}, "file_ending": ".nii.gz"}'
+    )
+    with pytest.raises(UserError, match="label 'liver' has value inf"):
+        read_dataset(tmp_path)

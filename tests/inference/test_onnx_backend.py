@@ -48,7 +48,7 @@ def adapter_dir(tmp_path_factory, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def sets(tiny_checkpoint):
-    return ["--set", f"model.name={tiny_checkpoint}", "--set", "hardware.device=cpu"]
+    return ["--set", f"model.name={tiny_checkpoint}", "--set", "hardware.device=cpu", "--set", f"lora.rank={RANK}"]
 
 
 @pytest.fixture(scope="module")

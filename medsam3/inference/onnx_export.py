@@ -130,15 +130,21 @@ def quantize_graph(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     t0 = time.perf_counter()
-    quantize_dynamic(
-        src,
-        dst,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        use_external_data_format=True,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantiser logs a line per tensor to the root logger at INFO
+    try:
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        root.setLevel(level)
     logger.info("quantised %s -> %s in %.0f s", src.name, dst.name, time.perf_counter() - t0)
 
 

@@ -52,6 +52,17 @@ def export(model: str, resolution: int | None, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ worker (subprocess)
+def _precision(backend: str) -> str:
+    return backend.partition("=")[0].removeprefix("ort-")
+
+
+def _check_backend(spec: str) -> str:
+    """``torch``, ``ort-fp32``, ``ort-int8``, or ``ort-int8=DIR``: the int8 graphs of another folder (a variant)."""
+    name, _, folder = spec.partition("=")
+    if name not in BACKENDS or (folder and name == "torch"):
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected torch, ort-fp32, ort-int8 or ort-int8=DIR")
+    return spec
+
 def _predictor(args, backend: str, model: str, resolution: int | None, onnx_dir: Path):
     from medsam3.inference.predictor import Predictor
 
@@ -62,7 +73,7 @@ def _predictor(args, backend: str, model: str, resolution: int | None, onnx_dir:
         cfg = load_config(args.config, args.set)
         if backend == "torch":
             return Predictor.from_config(cfg, args.weights, device="cpu", precision="fp32")
-        return onnx_predictor(cfg, onnx_dir, args.weights, backend.removeprefix("ort-"))
+        return onnx_predictor(cfg, onnx_dir, args.weights, _precision(backend))
     if backend == "torch":
         from medsam3.testing import random_sam3
 
@@ -72,7 +83,7 @@ def _predictor(args, backend: str, model: str, resolution: int | None, onnx_dir:
 
     from medsam3.inference.onnx_backend import OnnxSam3
 
-    ort = OnnxSam3(onnx_dir, backend.removeprefix("ort-"))
+    ort = OnnxSam3(onnx_dir, _precision(backend))
     return Predictor(
         ort, Sam3Processor.from_pretrained(onnx_dir), device="cpu", precision="fp32", prompt_batch_size=ort.prompt_rows
     )
@@ -125,6 +136,7 @@ def worker(args) -> None:
 # ------------------------------------------------------------------------------ driver
 class Worker:
     def __init__(self, backend: str, args, resolution, onnx_dir: Path):
+        onnx_dir = Path(backend.partition("=")[2] or onnx_dir)
         cmd = [sys.executable, __file__, "--worker", backend, "--model", args.model, "--onnx-dir", str(onnx_dir)]
         cmd += ["--prompts", str(args.prompts), "--threshold", str(args.threshold)]
         if resolution:
@@ -256,7 +268,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", choices=["tiny", "full"], help="random SAM3 (default tiny)")
     ap.add_argument("--resolution", type=int, nargs="+", default=[None], help="input size(s) (default: the model's)")
-    ap.add_argument("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument(
+        "--backend",
+        nargs="+",
+        type=_check_backend,
+        default=list(BACKENDS),
+        help="torch, ort-fp32, ort-int8, ort-int8=DIR (the int8 graph of another folder, e.g. another --int8-scope)",
+    )
     ap.add_argument("--prompts", type=int, default=8, help="prompts per image (default 8)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per backend (default 3)")
     ap.add_argument("--threshold", type=float, default=0.0)

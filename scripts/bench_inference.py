@@ -304,8 +304,8 @@ def main() -> int:
     ap.add_argument(
         "--backend",
         nargs="+",
-        choices=["torch", "ort-fp32", "ort-int8"],
-        help="compare backends instead (PyTorch fp32, ONNX Runtime fp32 / int8): scripts/bench_backends.py",
+        metavar="BACKEND",
+        help="torch ort-fp32 ort-int8 [ort-int8=DIR]: compare backends instead (PyTorch fp32, ONNX Runtime fp32 / int8): scripts/bench_backends.py",
     )
     args, _ = ap.parse_known_args()
     if args.backend:  # the backend comparison lives in its own script, which takes the same flags

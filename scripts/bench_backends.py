@@ -63,6 +63,7 @@ def _check_backend(spec: str) -> str:
         raise argparse.ArgumentTypeError(f"{spec!r}: expected torch, ort-fp32, ort-int8 or ort-int8=DIR")
     return spec
 
+
 def _predictor(args, backend: str, model: str, resolution: int | None, onnx_dir: Path):
     from medsam3.inference.predictor import Predictor
 
@@ -71,8 +72,12 @@ def _predictor(args, backend: str, model: str, resolution: int | None, onnx_dir:
         from medsam3.inference.onnx_backend import onnx_predictor
 
         cfg = load_config(args.config, args.set)
-        if backend == "torch":
-            return Predictor.from_config(cfg, args.weights, device="cpu", precision="fp32")
+        if backend == "torch":  # the adapter merged, as in the export: both sides run the same arithmetic
+            from medsam3.adapters.loading import load_model
+            from medsam3.inference.onnx_export import merged_model
+
+            model, processor, _ = load_model(cfg, args.weights)
+            return Predictor(merged_model(model), processor, device="cpu", precision="fp32")
         return onnx_predictor(cfg, onnx_dir, args.weights, _precision(backend))
     if backend == "torch":
         from medsam3.testing import random_sam3

@@ -305,7 +305,8 @@ def main() -> int:
         "--backend",
         nargs="+",
         metavar="BACKEND",
-        help="torch ort-fp32 ort-int8 [ort-int8=DIR]: compare backends instead (PyTorch fp32, ONNX Runtime fp32 / int8): scripts/bench_backends.py",
+        help="torch ort-fp32 ort-int8 [ort-int8=DIR]: compare PyTorch fp32 with ONNX Runtime fp32 / int8 instead "
+        "(scripts/bench_backends.py)",
     )
     args, _ = ap.parse_known_args()
     if args.backend:  # the backend comparison lives in its own script, which takes the same flags

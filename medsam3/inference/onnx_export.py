@@ -112,7 +112,7 @@ def merged_model(model: torch.nn.Module) -> torch.nn.Module:
 def _export(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, dynamic) -> None:
     t0 = time.perf_counter()
     torch.onnx.export(
-        module,
+        module.eval(),
         args,
         str(path),
         dynamo=True,

@@ -200,6 +200,7 @@ def compare_backends(args, resolution: int | None) -> dict:
     for b, rs in rounds.items():
         med = {k: statistics.median(x[k] for x in rs) for k in ("vision_s", "prompts_s", "end_to_end_s")}
         entry = {**{k: round(v, 3) for k, v in med.items()}, "peak_rss_gib": round(peak[b], 2)}
+        entry["per_round"] = [{k: round(v, 3) for k, v in x.items()} for x in rs]
         if base is not None:
             for k in ("vision_s", "end_to_end_s"):
                 entry[f"{k.removesuffix('_s')}_speedup_vs_torch"] = round(

@@ -14,6 +14,10 @@ candidate whatever the (random) weights score; NMS then keeps what a user would 
   python scripts/bench_inference.py --model tiny                       # seconds, for a smoke test
   python scripts/bench_inference.py --model /path/to/sam3 --device cuda --precision bf16 --json out.json
   python scripts/bench_inference.py --model full --resolution 504 --free-pixel-decoder   # an upper bound
+  python scripts/bench_inference.py --model full --resolution 504 1008 --backend torch ort-fp32 ort-int8
+
+``--backend`` compares PyTorch fp32, ONNX Runtime fp32 and int8 under the same Predictor instead,
+each in its own process, interleaved (``scripts/bench_backends.py``; docs/onnx.md).
 
 ``--free-pixel-decoder`` is an upper bound, not a result: on the Predictor's side SAM3's pixel decoder
 returns a cached output instead of running, so its cost is zero (scores are unchanged, they come
@@ -29,6 +33,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -296,6 +301,20 @@ def main() -> int:
         help="upper bound: the Predictor's pixel decoder costs nothing (cached output; masks invalid)",
     )
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument(
+        "--backend",
+        nargs="+",
+        metavar="BACKEND",
+        help="torch ort-fp32 ort-int8 [ort-int8=DIR]: compare PyTorch fp32 with ONNX Runtime fp32 / int8 instead "
+        "(scripts/bench_backends.py)",
+    )
+    args, _ = ap.parse_known_args()
+    if args.backend:  # the backend comparison lives in its own script, which takes the same flags
+        import runpy
+
+        sys.argv[0] = str(Path(__file__).with_name("bench_backends.py"))
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return 0
     args = ap.parse_args()
     if not 1 <= args.prompts <= len(PROMPTS):
         ap.error(f"--prompts must be in 1..{len(PROMPTS)}")

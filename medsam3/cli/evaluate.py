@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
         "default: model.lora_weights, else auto-detect in output.output_dir",
     )
     m.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
+    m.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default) or onnxruntime: the graphs medsam3-export --onnx wrote to --onnx-dir (docs/onnx.md)",
+    )
+    m.add_argument("--onnx-dir", metavar="DIR", help="with --backend onnxruntime: the folder medsam3-export wrote")
+    m.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        help="with --backend onnxruntime: fp32 (default) or the int8 vision encoder",
+    )
     add_set_flag(m, "model.name=/models/sam3")
 
     d2 = p.add_argument_group("2D set (COCO)")
@@ -199,8 +211,12 @@ def _dataset_folder(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EvalOptions
+    from ..evaluation import EvalOptions, EvaluationError
 
+    if args.backend == "onnxruntime" and not args.onnx_dir:
+        raise EvaluationError("--backend onnxruntime needs --onnx-dir DIR (write one with medsam3-export --onnx DIR)")
+    if args.backend == "torch" and (args.onnx_dir or args.precision):
+        raise EvaluationError("--onnx-dir and --precision are for --backend onnxruntime")
     cfg = load_config(args.config, args.set)
     folder = _dataset_folder(args)
     # fail on a bad data description before loading gigabytes of model
@@ -230,7 +246,12 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun: one device per rank, cases split by size, rows gathered and reported on rank 0.
     dist_info, device = init_distributed(args.device)
     t0 = time.perf_counter()
-    predictor = Predictor.from_plan(dataclasses.replace(plan, device=str(device)))
+    if args.backend == "onnxruntime":
+        from ..inference.onnx_backend import onnx_predictor
+
+        predictor = onnx_predictor(plan, args.onnx_dir, precision=args.precision)
+    else:
+        predictor = Predictor.from_plan(dataclasses.replace(plan, device=str(device)))
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()

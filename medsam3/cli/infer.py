@@ -100,9 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
-        help="autocast dtype: auto = bf16 on CUDA, fp32 on CPU; bf16 works on CPUs too (default: hardware.precision)",
+        choices=["auto", "fp32", "bf16", "int8"],
+        help="autocast dtype: auto = bf16 on CUDA, fp32 on CPU; bf16 works on CPUs too (default: hardware.precision); "
+        "int8: --backend onnxruntime's quantised vision encoder",
     )
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default) or onnxruntime: the graphs medsam3-export --onnx wrote to --onnx-dir (docs/onnx.md)",
+    )
+    p.add_argument("--onnx-dir", metavar="DIR", help="with --backend onnxruntime: the folder medsam3-export wrote")
     p.add_argument(
         "--box",
         nargs=4,
@@ -221,6 +229,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
     prompts = [p.strip() for p in args.prompt]
     if any(not p for p in prompts):
         raise UserError('empty --prompt; give text such as --prompt "liver"')
+    _check_backend(args)
     if args.slice_batch is not None and args.slice_batch < 1:
         raise UserError("--slice-batch must be >= 1")
     if args.montage < 0:
@@ -268,6 +277,20 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
     return prompts, boxes, labels
 
 
+def _check_backend(args: argparse.Namespace) -> None:
+    from ..errors import UserError
+
+    if args.backend == "onnxruntime":
+        if not args.onnx_dir:
+            raise UserError("--backend onnxruntime needs --onnx-dir DIR (write one with medsam3-export --onnx DIR)")
+        if args.video or args.propagate:
+            raise UserError(
+                "--video and --propagate run SAM3's video model, which has no ONNX export; use --backend torch"
+            )
+    elif args.precision == "int8" or args.onnx_dir:
+        raise UserError("--precision int8 and --onnx-dir are for --backend onnxruntime")
+
+
 def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, quiet: bool):
     from ..inference.batch import InferenceOptions
 
@@ -300,7 +323,12 @@ def _load_predictor(plan, args, opts, device=None):
         plan = dataclasses.replace(plan, device=str(device))
     quiet_weight_loading(args.verbose, args.quiet)
     t0 = time.perf_counter()
-    predictor = Predictor.from_plan(plan)
+    if args.backend == "onnxruntime":
+        from ..inference.onnx_backend import onnx_predictor
+
+        predictor = onnx_predictor(plan, args.onnx_dir, precision=args.precision)
+    else:
+        predictor = Predictor.from_plan(plan)
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     opts.adapter = predictor.adapter_origin
     if opts.dicom is not None:  # DICOM outputs name the base model in their provenance

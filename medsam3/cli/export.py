@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..console import add_set_flag, print_error, quiet_weight_loading, setup_logging, user_errors
+from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from ..errors import UserError
 from . import add_version_flag
 
@@ -114,15 +114,9 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; the folder is incomplete, export again with --overwrite\n")
-        return 130
-    except user_errors() as exc:
-        if args.verbose:
-            logger.exception("failed")
-        return print_error(PROG, exc)
+    return run_command(
+        PROG, lambda: run(args), args.verbose, interrupted="the folder is incomplete, export again with --overwrite"
+    )
 
 
 if __name__ == "__main__":

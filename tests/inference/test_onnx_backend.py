@@ -19,6 +19,9 @@ from pycocotools import mask as mask_utils
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+# One shared export of the tiny model takes ~45-60 s on 2 idle cores: over the default suite's budget.
+pytestmark = pytest.mark.slow
+
 from medsam3.cli.export import main as export_main  # noqa: E402
 from medsam3.cli.infer import main as infer_main  # noqa: E402
 

@@ -94,17 +94,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     out = Path(args.onnx).expanduser()
     _check_out_dir(out, args.overwrite)
-    from ..adapters.sources import preflight
+    from ..adapters.plan import plan_run
 
-    preflight(cfg, args.weights)
+    plan = plan_run(cfg, args.weights)  # what is merged and exported, decided as for a run (before torch)
     _require_onnx()
     from ..adapters.loading import load_model
     from ..inference.onnx_export import export_onnx
-    from ..inference.onnx_manifest import source_identity
+    from ..inference.onnx_manifest import sources_identity
 
-    identity = source_identity(cfg, args.weights)
+    identity = sources_identity(plan.sources)
     quiet_weight_loading(args.verbose, args.quiet)
-    model, processor, origin = load_model(cfg, args.weights)
+    model, processor, origin = load_model(plan=plan)
     t0 = time.perf_counter()
     export_onnx(model, processor, out, identity, origin=origin, int8=args.int8, int8_scope=args.int8_scope)
     logger.info("exported %s in %.0f s -> %s", origin, time.perf_counter() - t0, out)

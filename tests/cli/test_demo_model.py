@@ -61,7 +61,7 @@ def test_demo_model_segments_the_liver_and_aorta_on_the_held_out_ct_slab(slab_di
 
 def test_demo_model_keeps_the_model_cards_dice_on_the_other_slab_organs(slab_dice):
     """Below the 0.8 bar, but MODEL.md reports them (CLI, NIfTI, threshold 0.25): they must not drop."""
-    model_card = {"spleen": 0.728, "left kidney": 0.610, "right kidney": 0.720}
+    model_card = {"spleen": 0.728, "left kidney": 0.611, "right kidney": 0.719}
     for organ, reported in model_card.items():
         assert slab_dice[organ] >= reported - 0.03, f"{organ}: Dice {slab_dice[organ]:.3f}, MODEL.md says {reported}"
 

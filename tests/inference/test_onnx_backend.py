@@ -193,7 +193,11 @@ def test_export_and_flag_refusals(tmp_path, onnx_dir, image_path, adapter_dir, s
     cases = [
         (export_main, ["--weights", str(adapter_dir), *sets, "--onnx", str(tmp_path / "busy")], "not empty"),
         (export_main, ["--weights", str(adapter_dir), *sets, "--onnx", str(onnx_dir)], "--overwrite"),
-        (export_main, ["--weights", str(tmp_path / "nope.pt"), *sets, "--onnx", str(tmp_path / "o")], "not found"),
+        (
+            export_main,
+            ["--weights", str(tmp_path / "nope.pt"), *sets, "--onnx", str(tmp_path / "o")],
+            "no such file or folder",
+        ),
         (
             export_main,
             ["--weights", "none", "--set", f"model.name={tmp_path}", "--onnx", str(tmp_path / "o2")],

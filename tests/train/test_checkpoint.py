@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from medsam3.cli.train import main as train_main
 from medsam3.train.checkpoint import TRAINABLE, list_checkpoints, load_trainer_state
+from tests.conftest import single_torch_thread
 from tests.train.conftest import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +48,14 @@ def _config(tmp_path: Path, name: str, tiny_checkpoint, shapes_dir, output_dir: 
         run, tiny_checkpoint, shapes_dir, training=TRAINING, output={"output_dir": str(output_dir)}
     )
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Adapters equal to the bit across runs need one torch thread: with two, some CPU reductions of
+    the backward pass add in a run-dependent order (the full-disk test failed that way on 2 cores)."""
+    with single_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

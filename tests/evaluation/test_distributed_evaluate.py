@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from tests.conftest import python_cmd, run_process, torchrun_cmd
 from tests.evaluation.conftest import make_eval_set
 
@@ -20,6 +22,7 @@ def _read(out):
     return rows, summary, (out / "summary.csv").read_text()
 
 
+@pytest.mark.slow  # two torchrun ranks: ~30 s on 2 idle cores
 def test_two_ranks_give_the_one_process_rows_and_summary(tmp_path, tiny_config):
     common = [
         "--config",

@@ -104,6 +104,7 @@ def _summary(out: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ tests
+@pytest.mark.slow  # two torchrun ranks: ~30 s on 2 idle cores
 def test_two_ranks_write_what_one_process_writes(tmp_path, tiny_config, mixed_inputs):
     one, two = tmp_path / "one", tmp_path / "two"
     single = run_process(python_cmd("infer_sam.py", *_batch_args(tiny_config, mixed_inputs, one)), tmp_path)
@@ -156,6 +157,7 @@ def _worker_pids(parent: int) -> dict[int, int]:
     return out
 
 
+@pytest.mark.slow  # two torchrun ranks: ~30 s on 2 idle cores
 def test_a_killed_rank_resumes_with_skip_existing(tmp_path, tiny_config):
     """One rank hangs on an input (a FIFO nobody writes: a stalled network share) and is killed.
 

@@ -78,6 +78,7 @@ def test_device_list_parsing():
         _device_override(["0", "0"])
 
 
+@pytest.mark.slow  # two torchrun ranks: ~30 s on 2 idle cores
 def test_torchrun_two_processes_gloo(tmp_path, tiny_checkpoint, shapes_dir):
     cfg = tiny_train_config(
         tmp_path,

@@ -216,6 +216,11 @@ def test_demo_model_on_a_dicom_series(ct_series, tmp_path):
         str(out),
         "-q",
     ]
+    # The demo records its concepts: a free-text prompt would be coded as anatomy the model cannot find.
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "is not a concept this model was trained on" in refused.stderr
+    known = [p for p in PROMPTS if p in ("liver", "spleen", "left kidney", "right kidney", "stomach", "aorta")]
+    cmd[cmd.index("--prompt") + 1 : cmd.index("--dicom-seg")] = known
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     labels = np.asarray(nib.load(out / "labels.nii.gz").dataobj)

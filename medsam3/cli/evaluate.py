@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
-from . import add_version_flag
+from . import add_backend_flags, add_version_flag
 
 logger = logging.getLogger("medsam3.evaluate")
 
@@ -48,13 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: model.lora_weights, else auto-detect in output.output_dir",
     )
     m.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
-    m.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="torch (default) or onnxruntime: the graphs medsam3-export --onnx wrote to --onnx-dir (docs/onnx.md)",
-    )
-    m.add_argument("--onnx-dir", metavar="DIR", help="with --backend onnxruntime: the folder medsam3-export wrote")
+    add_backend_flags(m)
     m.add_argument(
         "--precision",
         choices=["fp32", "int8"],

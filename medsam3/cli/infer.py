@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import load_config
 from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
 from ..errors import InputNotFoundError, UserError
-from . import add_version_flag
+from . import add_backend_flags, add_version_flag
 from .dicom_flags import add_dicom_flags, dicom_export_from_args
 
 logger = logging.getLogger("medsam3.infer")
@@ -104,13 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast dtype: auto = bf16 on CUDA, fp32 on CPU; bf16 works on CPUs too (default: hardware.precision); "
         "int8: --backend onnxruntime's quantised vision encoder",
     )
-    p.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="torch (default) or onnxruntime: the graphs medsam3-export --onnx wrote to --onnx-dir (docs/onnx.md)",
-    )
-    p.add_argument("--onnx-dir", metavar="DIR", help="with --backend onnxruntime: the folder medsam3-export wrote")
+    add_backend_flags(p)
     p.add_argument(
         "--box",
         nargs=4,

@@ -12,7 +12,7 @@ May import: :mod:`medsam3.model`, :mod:`medsam3.config`. Never inference, traini
 
 # Light at import (no torch): the exceptions, concepts, the run plan, the hub layer and provenance. The rest loads torch
 # and PEFT, so it is imported on first use; the CLI can catch AdapterError before torch is imported.
-from .concepts import demo_config, is_demo, prompt_warnings
+from .concepts import demo_adapters, demo_config, demo_weights_values, is_demo, prompt_warnings
 from .errors import AdapterError, HubUnavailableError, TrainedBaseError
 from .plan import RunPlan, plan_run, read_concepts, recorded_threshold, trained_concepts
 
@@ -35,7 +35,9 @@ __all__ = [
     "RunPlan",
     "TrainedBaseError",
     "apply_adapter",
+    "demo_adapters",
     "demo_config",
+    "demo_weights_values",
     "is_demo",
     "plan_run",
     "prompt_warnings",

@@ -6,8 +6,10 @@ prints them, and a prompt outside them is refused (or, with ``--allow-unknown``,
 with a message naming the closest known concepts (``difflib``): a model only knows the words it was
 trained on (see :meth:`medsam3.adapters.plan.RunPlan.check_prompts`).
 
-``--weights demo`` selects the small SAM3 trained here on real CT/MR slices from registry
-packages (``medsam3/demo/``, see its ``MODEL.md``): no hub access needed.
+``--weights demo`` selects the small SAM3 trained here on CT and MR of many subjects
+(``medsam3/demo/``, see its ``MODEL.md``): no hub access needed. ``--weights demo:NAME`` adds the
+shipped LoRA adapter ``medsam3/demo/adapters/NAME`` (``demo:hc18`` fetal ultrasound, ``demo:ph2``
+dermoscopy) to it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
     "ADAPTER_METADATA",
     "DEMO_DIR",
     "MODEL_METADATA",
+    "demo_adapters",
     "demo_config",
+    "demo_weights_values",
     "is_demo",
     "prompt_warnings",
 ]
@@ -35,26 +39,56 @@ logger = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 DEMO_MODEL = DEMO_DIR / "model"
-DEMO_ADAPTER = DEMO_DIR / "adapter"
+DEMO_ADAPTERS = DEMO_DIR / "adapters"
+
+
+def _demo_parts(source: str | Path | None) -> tuple[bool, str | None]:
+    """(is a demo value, adapter name or None) for ``demo`` / ``demo:NAME``."""
+    if source is None:
+        return False, None
+    text = str(source).strip()
+    head, sep, name = text.partition(":")
+    if head.lower() != "demo":
+        return False, None
+    return True, (name.strip() if sep else None)
 
 
 def is_demo(source: str | Path | None) -> bool:
-    return source is not None and str(source).strip().lower() == "demo"
+    """True for ``demo`` and ``demo:NAME`` (the shipped base, alone or with one of its adapters)."""
+    return _demo_parts(source)[0]
 
 
-def demo_config(cfg: Config) -> tuple[Config, str]:
-    """``cfg`` with the shipped demo model as base and its adapter (if shipped) as weights.
+def demo_adapters() -> list[str]:
+    """Names of the LoRA adapters shipped with the demo model (``--weights demo:NAME``)."""
+    if not DEMO_ADAPTERS.is_dir():
+        return []
+    return sorted(d.name for d in DEMO_ADAPTERS.iterdir() if (d / "adapter_config.json").is_file())
 
-    Returns the new config and the ``weights`` value to load (a PEFT dir or ``"none"``).
+
+def demo_weights_values() -> list[str]:
+    """Every ``--weights`` value the demo ships: ``demo`` and ``demo:NAME`` per adapter."""
+    return ["demo", *(f"demo:{name}" for name in demo_adapters())]
+
+
+def demo_config(cfg: Config, source: str | Path = "demo") -> tuple[Config, str]:
+    """``cfg`` with the shipped demo model as base, and ``source``'s adapter (``demo:NAME``) as weights.
+
+    Returns the new config and the ``weights`` value to load (a PEFT dir, or ``"none"`` for ``demo``).
     """
     if not (DEMO_MODEL / "config.json").is_file():
         raise InputNotFoundError(f"the demo model is not installed ({DEMO_MODEL} is missing); reinstall medsam3")
+    _, name = _demo_parts(source)
     model = dataclasses.replace(cfg.model, name=str(DEMO_MODEL), resolution=None, lora_weights=None)
     lora, weights = cfg.lora, "none"
-    if (DEMO_ADAPTER / "adapter_config.json").is_file():
-        meta = json.loads((DEMO_ADAPTER / "adapter_config.json").read_text())
+    if name is not None:
+        adapter = DEMO_ADAPTERS / name
+        if not name or name not in demo_adapters():
+            raise InputNotFoundError(
+                f"--weights {source}: no demo adapter {name!r}; the demo ships: {', '.join(demo_weights_values())}"
+            )
+        meta = json.loads((adapter / "adapter_config.json").read_text())
         lora = dataclasses.replace(cfg.lora, rank=int(meta["r"]), alpha=float(meta["lora_alpha"]))
-        weights = str(DEMO_ADAPTER)
+        weights = str(adapter)
     return dataclasses.replace(cfg, model=model, lora=lora), weights
 
 

@@ -32,6 +32,7 @@ from huggingface_hub.errors import (
 
 from ..config import Config, ModelConfig
 from ..errors import UserError
+from .concepts import is_demo
 from .errors import AdapterError, HubUnavailableError
 
 __all__ = [
@@ -125,7 +126,12 @@ def hub_items(model_cfg: ModelConfig, weights: str | None) -> list[HubItem]:
     if base is not None:
         weights_files = (("config.json", "model.safetensors"), ("config.json", "model.safetensors.index.json"))
         items.append(HubItem("base model", base, model_cfg.revision, weights_files))
-    if weights is not None and str(weights).lower() not in ("none", "demo") and looks_like_hub_ref(str(weights)):
+    if (
+        weights is not None
+        and str(weights).lower() != "none"
+        and not is_demo(weights)
+        and looks_like_hub_ref(str(weights))
+    ):
         ref = parse_hub_ref(str(weights))
         if ref.filename:
             files: tuple[tuple[str, ...], ...] = ((ref.filename,),)

@@ -76,8 +76,8 @@ class Sources:
 def resolve_sources(cfg: Config, weights: str | None = None) -> Sources:
     """Settle demo, auto-detection and trained-base adapters; an adapter refused here raises ``TrainedBaseError``."""
     source = weights if weights is not None else cfg.model.lora_weights
-    if is_demo(source):  # the shipped offline demo model (+ its adapter, if one is shipped)
-        cfg, source = demo_config(cfg)
+    if is_demo(source):  # the shipped offline demo model (+ a shipped adapter for demo:NAME)
+        cfg, source = demo_config(cfg, source)
     if source is not None and str(source).lower() == "none":
         return Sources(cfg, "none")
     _check_local_base(cfg)

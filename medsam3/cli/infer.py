@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--list-concepts",
         action="store_true",
-        help="print the concepts the selected model/adapter was trained on (from its training metadata) and exit",
+        help="print the concepts the selected model/adapter was trained on (from its training metadata) and exit; "
+        "with --weights demo[:NAME], every weights value the demo ships and its concepts",
     )
     p.add_argument(
         "--threshold",
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         help="adapter: path (.pt/.safetensors/PEFT dir), hub id owner/repo[:file][@rev], "
-        "'none' for plain SAM3, or 'demo' for the small offline demo model shipped with medsam3; "
+        "'none' for plain SAM3, 'demo' for the small offline demo model shipped with medsam3 (MR, CT), or "
+        "'demo:hc18' / 'demo:ph2' for it with its fetal-ultrasound / dermoscopy LoRA adapter; "
         "default: model.lora_weights, else auto-detect in output.output_dir",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
@@ -339,6 +341,14 @@ def _list_concepts(plan) -> int:
     return 0
 
 
+def _list_demo_concepts(cfg, values: list[str], plan_run) -> int:
+    for value in values:
+        plan = plan_run(cfg, value, check_hub=False)
+        concepts = sorted({c for cs in plan.concepts.values() for c in cs})
+        sys.stdout.write(f"--weights {value} (threshold {plan.threshold:g}):\n" + "".join(f"  {c}\n" for c in concepts))
+    return 0
+
+
 def _is_video(path: str) -> bool:
     from ..io.video import is_video_path
 
@@ -350,6 +360,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     if args.list_concepts:
+        from ..adapters.concepts import demo_weights_values, is_demo
+
+        if is_demo(args.weights):  # every weights value the demo ships, the selected one first
+            values = [args.weights] + [v for v in demo_weights_values() if v != args.weights]
+            return _list_demo_concepts(cfg, values, plan_run)
         return _list_concepts(plan_run(cfg, args.weights, check_hub=False))
     prompts, boxes, labels = _check_arguments(args)
     # The one place where model, adapter, threshold, concepts, device and hub state are decided.

@@ -33,7 +33,7 @@ Rules (all fixed here, all in docs/evaluation.md):
   0 otherwise in ``per_case.csv``, but summaries average over *present* cases only; absent ones give
   the ``false_positive_rate`` (a non-empty prediction).
 * **One headline number** (:func:`concept_means`, also what trainer validation and
-  ``scripts/bench_learning.py`` report): Dice per present (case, concept), averaged per concept, then
+  ``scripts/demo_tables.py`` report): Dice per present (case, concept), averaged per concept, then
   over concepts.
 * **Failures.** A case that cannot be read or whose label map does not match is logged, listed in
   ``failures`` and skipped; the others still count.

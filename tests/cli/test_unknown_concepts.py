@@ -37,7 +37,7 @@ def test_open_vocabulary_weights_run_any_prompt(tiny_config):
     plan = plan_run(load_config(tiny_config), "none", check_hub=False)
     assert plan.check_prompts(["pancreas"]) == []  # plain SAM3 records no concepts: nothing is unknown
     demo = plan_run(load_config(None), "demo", check_hub=False)
-    with pytest.raises(UnknownConceptError, match="known concepts: 'aorta', 'brain', 'left kidney'"):
+    with pytest.raises(UnknownConceptError, match="known concepts: 'aorta', 'brain', 'brain tumor', 'left kidney'"):
         demo.check_prompts(["liver", "pancreas"])
     assert demo.check_prompts(["Liver"]) == []  # case does not make a concept unknown
 
@@ -49,19 +49,20 @@ def _legend(out_dir: Path) -> dict:
 def test_allowed_unknown_prompt_is_marked_and_its_overlap_with_liver_is_counted(tmp_path):
     base = ["--weights", "demo", "--image", str(SLAB), "--montage", "0", "-q"]
     assert infer_main([*base, "--prompt", "liver", "--output-dir", str(tmp_path / "alone")]) == 0
-    assert (
-        infer_main([*base, "--prompt", "liver", "pancreas", "--allow-unknown", "--output-dir", str(tmp_path / "both")])
-        == 0
-    )
+    argv = [*base, "--prompt", "liver", "liver tumor", "--allow-unknown", "--output-dir", str(tmp_path / "both")]
+    assert infer_main(argv) == 0
     alone, both = _legend(tmp_path / "alone"), _legend(tmp_path / "both")
-    assert (alone["liver"]["voxels"], alone["liver"]["volume_ml"]) == (2199, 59.373)  # the README's quick start
-    assert both["pancreas"]["unknown_concept"] is True and both["liver"]["unknown_concept"] is False
-    liver = both["liver"]
-    # The liver's own mask does not depend on other prompts; the label map's share of it is what is
-    # left after the voxels the legend says went to "pancreas".
-    assert liver["prompt_mask_voxels"] == alone["liver"]["voxels"] == alone["liver"]["prompt_mask_voxels"]
-    assert liver["voxels"] + sum(liver["voxels_lost_to"].values()) == liver["prompt_mask_voxels"]
-    assert set(liver["voxels_lost_to"]) == {"pancreas"} and liver["voxels_lost_to"]["pancreas"] > 0
+    assert (alone["liver"]["voxels"], alone["liver"]["volume_ml"]) == (4279, 115.533)  # the README's quick start
+    assert both["liver tumor"]["unknown_concept"] is True and both["liver"]["unknown_concept"] is False
+    # A prompt's own mask does not depend on other prompts; its share of the label map is what is
+    # left after the voxels the legend says went to the other prompt.
+    assert both["liver"]["prompt_mask_voxels"] == alone["liver"]["voxels"] == alone["liver"]["prompt_mask_voxels"]
+    for entry in both.values():
+        assert entry["voxels"] + sum(entry["voxels_lost_to"].values()) == entry["prompt_mask_voxels"]
+    lost = {p: e["voxels_lost_to"] for p, e in both.items() if e["voxels_lost_to"]}
+    assert len(lost) == 1 and all(v > 0 for d in lost.values() for v in d.values())  # one overlap, counted once
+    (loser,) = lost
+    assert set(lost[loser]) == {"liver", "liver tumor"} - {loser}
 
 
 def test_allowed_unknown_prompt_is_marked_in_the_2d_json(tmp_path):

@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""The demo's tables (MODEL.md), every figure from ``medsam3-evaluate`` (the one evaluator).
+
+    python scripts/demo_tables.py thresholds   # on the valid split: the operating threshold per model
+    python scripts/demo_tables.py test         # on the held-out test subjects, at those thresholds
+
+``thresholds`` sweeps each model's valid set (2D slices of the valid subjects, every concept asked on
+every image) and keeps, per model, the threshold with the highest mean Dice over its concepts (an
+adapter's one threshold serves its new concept and the base's) among those with false detections on
+<= 5% of the absent prompts; ``--out/thresholds.json``. ``test`` reads them and writes
+``--out/test.json`` + ``--out/test.md``:
+
+* per-subject 3D Dice (``medsam3-evaluate --dataset DIR --cases IMPORT/manifest.json:test``) of the
+  base on every dataset and concept (the adapters' concepts too: the "base alone" column), and of every
+  adapter run (LoRA 10 / 50 / all images, full fine-tune) on its modality;
+* false detections: every dataset's test images (``build_demo_sets.py``'s ``crosstest``) asked for
+  every concept with ``--include-absent``; counted per weights value over the concepts it was trained
+  on that the image's dataset does not label ("liver" on a heart MR, "fetal head" on CT): an image
+  with any predicted pixel is a false detection;
+* trainable parameters, adapter file size and minutes of every run (its ``train_log.jsonl``).
+
+Nothing is tuned on test: ``test`` only reads ``thresholds.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = {  # import name -> nnU-Net folder
+    "chaos": "Dataset101_CHAOS_T2SPIR",
+    "mscmr": "Dataset102_MSCMR_bSSFP",
+    "brats": "Dataset103_BraTS2013",
+    "hc18": "Dataset104_HC18",
+    "ph2": "Dataset105_PH2",
+}
+ADAPTERS = {"hc18": "fetal head", "ph2": "skin lesion"}
+MAX_FALSE_RATE = 0.05  # the threshold with the best valid Dice among those that fire on <= 5% of absent prompts
+SWEEP = ["0.1", "0.15", "0.2", "0.25", "0.3", "0.4", "0.5", "0.6", "0.7"]
+
+
+def models(runs: Path) -> dict[str, list[str]]:
+    """Model name -> medsam3-evaluate arguments that load it."""
+    base = runs / "base" / "best_model"
+    out = {"base": ["--weights", str(base)]}
+    for adapter, concept in ADAPTERS.items():
+        for n in ("all", "10", "50"):
+            lora = checkpoint(runs / f"{adapter}_lora_{n}", concept, "lora_weights")
+            config = str(REPO / "configs" / "demo" / "adapter_lora.yaml")  # the adapters' rank and alpha
+            out[f"{adapter}_lora_{n}"] = ["--config", config, "--set", f"model.name={base}", "--weights", str(lora)]
+        out[f"{adapter}_full_all"] = ["--weights", str(checkpoint(runs / f"{adapter}_full_all", concept, "model"))]
+    return out
+
+
+def checkpoint(run: Path, concept: str, kind: str) -> Path:
+    """``best_*`` or ``last_*`` of a stage-2 run: the one with the higher valid Dice on the new concept.
+
+    The trainer's ``best`` is chosen on the mean over every valid concept, replayed ones included; an
+    adapter is for its new concept, so the choice is made on that concept's valid Dice (never on test).
+    """
+    evals = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    evals = [d for d in evals if d.get("type") == "eval"]
+    best_step = max((d["step"] for d in evals if d.get("best")), default=None)
+    dice = {d["step"]: d["per_concept"].get(concept, {}).get("dice", 0.0) for d in evals}
+    last_step = max(dice)
+    if best_step is None or dice[last_step] >= dice[best_step]:
+        return run / f"last_{kind}"
+    return run / f"best_{kind}"
+
+
+def evaluate(args: list[str], out_dir: Path) -> list[dict]:
+    """Run medsam3-evaluate; its per-case rows."""
+    cmd = [sys.executable, "-m", "medsam3.cli.evaluate", *args, "--output-dir", str(out_dir), "-q"]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    with open(out_dir / "per_case.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def present(row: dict) -> bool:
+    return row["present"] not in ("0", "False", "false", "")
+
+
+def mean_dice(rows: list[dict], concept: str | None = None) -> tuple[float, int]:
+    vals = [float(r["dice"]) for r in rows if present(r) and (concept is None or r["concept"] == concept)]
+    return (sum(vals) / len(vals) if vals else float("nan")), len(vals)
+
+
+def per_concept(rows: list[dict]) -> dict[str, dict]:
+    out = {}
+    for concept in dict.fromkeys(r["concept"] for r in rows):
+        dice, n = mean_dice(rows, concept)
+        out[concept] = {"dice": dice, "cases": n}
+    return out
+
+
+def thresholds(args: argparse.Namespace) -> dict:
+    path = args.out / "thresholds.json"
+    chosen = json.loads(path.read_text()) if args.models and path.is_file() else {}
+    for name, margs in models(args.runs).items():
+        if args.models and name not in args.models:
+            continue
+        data = args.sets / ("base" if name == "base" else name.split("_")[0] + "_all")
+        rows = evaluate(
+            [*margs, "--data-dir", str(data), "--split", "valid", "--include-absent", "--thresholds", *SWEEP],
+            args.out / "valid" / name,
+        )
+        by_t = defaultdict(list)
+        for r in rows:
+            by_t[float(r["threshold"])].append(r)
+        scores, false_rates = {}, {}
+        for t, rs in sorted(by_t.items()):  # mean over concepts, each weighing the same
+            pc = [v["dice"] for v in per_concept(rs).values() if v["cases"]]
+            scores[t] = sum(pc) / len(pc)
+            absent = [r for r in rs if not present(r)]
+            false_rates[t] = sum(float(r["pred_size_px"]) > 0 for r in absent) / max(len(absent), 1)
+        allowed = [t for t in scores if false_rates[t] <= MAX_FALSE_RATE] or [min(false_rates, key=false_rates.get)]
+        best = max(allowed, key=lambda t: (round(scores[t], 4), t))  # ties: the higher, fewer false detections
+        chosen[name] = {"threshold": best, "valid_dice": scores, "valid_false_detection_rate": false_rates}
+        print(
+            f"{name}: threshold {best} (valid Dice {scores[best]:.3f}, false detections {false_rates[best]:.3f})",
+            file=sys.stderr,
+        )
+    path.write_text(json.dumps(chosen, indent=1))
+    return chosen
+
+
+def run_facts(run: Path) -> dict:
+    """Trainable parameters (counted in the saved files), adapter size and minutes (steps + validation) of a run."""
+    from safetensors import safe_open
+
+    def count(path: Path) -> int:
+        with safe_open(str(path), "pt") as f:
+            return sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+
+    facts: dict = {}
+    seconds, last_step = 0.0, 0
+    for line in (run / "train_log.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if d.get("type") == "train":
+            seconds += d["seconds_per_step"] * (d["step"] - last_step)
+            last_step = d["step"]
+        elif d.get("type") == "eval":
+            seconds += d.get("seconds", 0.0)
+    facts["minutes"] = round(seconds / 60, 1)
+    lora = run / "last_lora_weights" / "adapter_model.safetensors"
+    full = run / "last_model" / "model.safetensors"
+    if full.is_file():  # the base was trained: every weight
+        facts["trainable"] = count(full)
+    elif lora.is_file():
+        facts["trainable"] = count(lora)
+        facts["adapter_mb"] = round(lora.stat().st_size / 1e6, 2)
+    return facts
+
+
+def known_concepts(runs: Path, name: str) -> set[str]:
+    """The concepts a model's training recorded (base: medsam3_model.json; adapter: + medsam3_adapter.json)."""
+    known = set(json.loads((runs / "base" / "best_model" / "medsam3_model.json").read_text())["concepts"])
+    if name != "base":
+        meta = checkpoint(runs / name, ADAPTERS[name.split("_")[0]], "lora_weights") / "medsam3_adapter.json"
+        known |= set(json.loads(meta.read_text())["concepts"])
+    return known
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def test(args: argparse.Namespace) -> dict:
+    chosen = json.loads((args.out / "thresholds.json").read_text())
+    m = models(args.runs)
+    path = args.out / "test.json"
+    result: dict = json.loads(path.read_text()) if args.models and path.is_file() else {}
+    result.setdefault("dice", {})
+    result.setdefault("false_detections", {})
+    result["thresholds"] = {k: v["threshold"] for k, v in chosen.items()}
+
+    def wanted(name: str) -> bool:
+        return not args.models or name in args.models
+
+    def subject_dice(name: str, dataset: str) -> dict:
+        rows = evaluate(
+            [
+                *m[name],
+                "--dataset",
+                str(args.datasets / DATASETS[dataset]),
+                "--cases",
+                f"{args.sets / 'import' / dataset / 'manifest.json'}:test",
+                "--thresholds",
+                str(chosen[name]["threshold"]),
+            ],
+            args.out / "test" / f"{name}_{dataset}",
+        )
+        return per_concept(rows)
+
+    if wanted("base"):
+        for dataset in DATASETS:
+            result["dice"].setdefault("base", {})[dataset] = subject_dice("base", dataset)
+    for adapter in ADAPTERS:
+        for name in (f"{adapter}_lora_all", f"{adapter}_full_all", f"{adapter}_lora_10", f"{adapter}_lora_50"):
+            if wanted(name):
+                result["dice"][name] = {adapter: subject_dice(name, adapter)}
+
+    # False detections: per weights value, concepts of other datasets on every dataset's test images.
+    labelled = json.loads((args.sets / "crosstest" / "labelled.json").read_text())  # dataset -> its concepts
+    for name in ("base", "hc18_lora_all", "ph2_lora_all"):
+        if not wanted(name):
+            continue
+        rows = evaluate(
+            [
+                *m[name],
+                "--data-dir",
+                str(args.sets / "crosstest"),
+                "--split",
+                "test",
+                "--include-absent",
+                "--thresholds",
+                str(chosen[name]["threshold"]),
+            ],
+            args.out / "test" / f"{name}_crosstest",
+        )
+        known = known_concepts(args.runs, name)  # a weights value answers for the concepts it was trained on
+        counts: dict = defaultdict(lambda: [0, 0])
+        for r in rows:
+            dataset = r["case_id"].split("_", 1)[0]
+            if present(r) or r["concept"] in labelled[dataset] or r["concept"] not in known:
+                continue
+            c = counts[(dataset, r["concept"])]
+            c[0] += int(float(r["pred_size_px"]) > 0)
+            c[1] += 1
+        table = {f"{d} | {c}": {"detected": v[0], "images": v[1]} for (d, c), v in sorted(counts.items())}
+        total = [sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values())]
+        result["false_detections"][name] = {"total": total, "rate": total[0] / max(total[1], 1), "cells": table}
+
+    result["base_concepts"] = sorted(known_concepts(args.runs, "base"))
+    result["runs"] = {p.name: run_facts(p) for p in sorted(args.runs.iterdir()) if (p / "train_log.jsonl").is_file()}
+    path.write_text(json.dumps(result, indent=1))
+    complete = set(result["dice"]) == set(m) and len(result["false_detections"]) == 3
+    if complete:  # the tables, once every model is in (--models runs them a few at a time)
+        (args.out / "test.md").write_text(markdown(result))
+        print(markdown(result))
+    return result
+
+
+def fmt(v: float) -> str:
+    return "-" if v != v else f"{v:.3f}"
+
+
+def markdown(result: dict) -> str:
+    t = result["thresholds"]
+    lines = [
+        f"### Base (threshold {t['base']}), per-subject 3D Dice on the test subjects",
+        "",
+        "| dataset | concept | Dice | subjects |",
+        "| --- | --- | --- | --- |",
+    ]
+    for dataset, concepts in result["dice"]["base"].items():
+        for concept, v in concepts.items():
+            note = "" if concept in result.get("base_concepts", [concept]) else " (not a base concept)"
+            lines.append(f"| {dataset} | {concept}{note} | {fmt(v['dice'])} | {v['cases']} |")
+    lines += [
+        "",
+        "### Adapters, test subjects",
+        "",
+        "| modality | base alone | LoRA 10 | LoRA 50 | LoRA all | full fine-tune (all) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for adapter, concept in ADAPTERS.items():
+        cells = [fmt(result["dice"]["base"][adapter][concept]["dice"])]
+        for name in ("lora_10", "lora_50", "lora_all", "full_all"):
+            cells.append(fmt(result["dice"][f"{adapter}_{name}"][adapter][concept]["dice"]))
+        lines.append(f"| {adapter} ({concept}) | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "### False detections (another dataset's concept; images with any predicted pixel)",
+        "",
+        "| weights | images of | detected / asked | rate |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, v in result["false_detections"].items():
+        per_dataset: dict = defaultdict(lambda: [0, 0])
+        for cell, c in v["cells"].items():
+            per_dataset[cell.split(" | ")[0]][0] += c["detected"]
+            per_dataset[cell.split(" | ")[0]][1] += c["images"]
+        for dataset, (hit, asked) in per_dataset.items():
+            lines.append(f"| {name} | {dataset} | {hit} / {asked} | {hit / max(asked, 1):.3f} |")
+        lines.append(f"| {name} | **all** | {v['total'][0]} / {v['total'][1]} | {v['rate']:.3f} |")
+    lines += ["", "### Runs", "", "| run | trainable parameters | adapter MB | minutes |", "| --- | --- | --- | --- |"]
+    for name, v in result["runs"].items():
+        lines.append(f"| {name} | {v.get('trainable', '-')} | {v.get('adapter_mb', '-')} | {v.get('minutes', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=["thresholds", "test"])
+    p.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    p.add_argument("--sets", type=Path, default=Path("runs/demo_sets"))
+    p.add_argument("--runs", type=Path, default=Path("runs/demo"))
+    p.add_argument("--out", type=Path, default=Path("runs/demo/tables"))
+    p.add_argument(
+        "--models", nargs="*", help="only these models (e.g. base hc18_lora_all), merged with the ones already done"
+    )
+    args = p.parse_args(argv)
+    args.datasets, args.sets, args.runs, args.out = (
+        x.resolve() for x in (args.datasets, args.sets, args.runs, args.out)
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (thresholds if args.step == "thresholds" else test)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

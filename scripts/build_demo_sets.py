@@ -127,10 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in IMPORTS:
         run_import(args.datasets, args.out, name)
     imp = args.out / "import"
+
+    def source(name: str, split: str) -> Path:
+        """A base source's split folder: an import, or the CT set of build_demo_data.py."""
+        return (args.ct_data / "stage1" if name == "ct" else imp / name) / split
+
     info = {"description": "medsam3 demo base set (scripts/build_demo_sets.py)", "licence": "see MODEL.md"}
     for split in ("train", "valid"):
-        parts = [(name, imp / name / split, None) for name in BASE_SOURCES]
-        parts.append(("ct", args.ct_data / "stage1" / split, None))
+        parts = [(name, source(name, split), None) for name in (*BASE_SOURCES, "ct")]
         target = args.out / "base" / split
         shutil.rmtree(target, ignore_errors=True)
         coco = merge(parts, target, info)
@@ -138,26 +142,19 @@ def main(argv: list[str] | None = None) -> int:
             f"base/{split}: {len(coco['images'])} images, concepts: {', '.join(c['name'] for c in coco['categories'])}"
         )
 
-    base_valid = len(read_coco(args.out / "base" / "valid")["images"])
+    def seeded_share(split: str, wanted: int) -> list[tuple[str, Path, list[int] | None]]:
+        """A seeded subset of each base source's split, ``wanted`` images in all, in proportion to its size."""
+        total = len(read_coco(args.out / "base" / split)["images"])  # the merged split: every source's images
+        parts = []
+        for name in (*BASE_SOURCES, "ct"):
+            split_dir = source(name, split)
+            share = round(wanted * len(read_coco(split_dir)["images"]) / total)
+            parts.append((name, split_dir, subset_ids(split_dir, share, args.seed)))
+        return parts
+
     # The replayed base images: the same seeded subset for every adapter and curve size.
-    replay_parts = []
-    for name in (*BASE_SOURCES, "ct"):
-        split_dir = (args.ct_data / "stage1" if name == "ct" else imp / name) / "train"
-        count = len(read_coco(split_dir)["images"])
-        share = round(
-            args.replay
-            * count
-            / sum(
-                len(read_coco(((args.ct_data / "stage1") if s == "ct" else imp / s) / "train")["images"])
-                for s in (*BASE_SOURCES, "ct")
-            )
-        )
-        replay_parts.append((name, split_dir, subset_ids(split_dir, share, args.seed)))
-    valid_replay = []  # a seeded share of each base valid set, --valid-replay images in all
-    for name in (*BASE_SOURCES, "ct"):
-        split_dir = ((args.ct_data / "stage1") if name == "ct" else imp / name) / "valid"
-        share = round(args.valid_replay * len(read_coco(split_dir)["images"]) / base_valid)
-        valid_replay.append((name, split_dir, subset_ids(split_dir, share, args.seed)))
+    replay_parts = seeded_share("train", args.replay)
+    valid_replay = seeded_share("valid", args.valid_replay)
     for adapter in ADAPTERS:
         for n in [None, *args.curve]:
             tag = f"{adapter}_{'all' if n is None else n}"
@@ -173,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             else:  # the curve's runs share the all-data valid set
                 (target / "valid").symlink_to(Path("..") / f"{adapter}_all" / "valid")
     # Every dataset's test images in one set (the false-detection table asks each for every concept).
-    parts = [(name, imp / name / "test", None) for name in IMPORTS] + [("ct", args.ct_data / "stage1" / "test", None)]
+    parts = [(name, imp / name / "test", None) for name in IMPORTS] + [("ct", source("ct", "test"), None)]
     target = args.out / "crosstest"
     shutil.rmtree(target, ignore_errors=True)
     coco = merge(parts, target / "test", info)

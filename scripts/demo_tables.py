@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import subprocess
 import sys
 from collections import defaultdict
@@ -137,7 +138,7 @@ def run_facts(run: Path) -> dict:
 
     def count(path: Path) -> int:
         with safe_open(str(path), "pt") as f:
-            return sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
     facts: dict = {}
     seconds, last_step = 0.0, 0
@@ -166,13 +167,6 @@ def known_concepts(runs: Path, name: str) -> set[str]:
         meta = checkpoint(runs / name, ADAPTERS[name.split("_")[0]], "lora_weights") / "medsam3_adapter.json"
         known |= set(json.loads(meta.read_text())["concepts"])
     return known
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def test(args: argparse.Namespace) -> dict:

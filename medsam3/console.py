@@ -16,7 +16,9 @@ from collections.abc import Callable
 from .errors import UserError
 
 __all__ = [
+    "add_backend_flags",
     "add_set_flag",
+    "check_backend_flags",
     "one_line",
     "print_error",
     "quiet_weight_loading",
@@ -52,6 +54,32 @@ def add_set_flag(parser: argparse.ArgumentParser, example: str) -> None:
         metavar="SECTION.KEY=VALUE",
         help=f"override a config key, e.g. --set {example} (repeatable)",
     )
+
+
+def add_backend_flags(parser) -> None:
+    """``--backend`` and ``--onnx-dir``, as infer_sam.py, medsam3-evaluate and medsam3-app take them."""
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch (default) or onnxruntime: the graphs medsam3-export --onnx wrote to --onnx-dir (docs/onnx.md)",
+    )
+    parser.add_argument("--onnx-dir", metavar="DIR", help="with --backend onnxruntime: the folder medsam3-export wrote")
+
+
+def check_backend_flags(args: argparse.Namespace, error: type[UserError] = UserError) -> None:
+    """Refuse flag combinations the backend cannot honour, before anything heavy loads.
+
+    ``--precision`` int8 exists only as ONNX Runtime graphs; bf16 only under PyTorch.
+    """
+    precision = getattr(args, "precision", None)
+    if args.backend == "onnxruntime":
+        if not args.onnx_dir:
+            raise error("--backend onnxruntime needs --onnx-dir DIR (write one with medsam3-export --onnx DIR)")
+        if precision == "bf16":
+            raise error("--precision bf16 is PyTorch's; with --backend onnxruntime use fp32 or int8")
+    elif precision == "int8" or args.onnx_dir:
+        raise error("--precision int8 and --onnx-dir are for --backend onnxruntime (add --backend onnxruntime)")
 
 
 def quiet_weight_loading(verbose: bool = False, quiet: bool = False) -> None:

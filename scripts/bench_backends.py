@@ -11,7 +11,7 @@ PyTorch's: on random weights this says how far ORT / int8 move the numbers, not 
   python scripts/bench_inference.py --model full --resolution 504 --backend torch ort-fp32 ort-int8
   python scripts/bench_backends.py --model tiny --backend torch ort-fp32 ort-int8      # the same, directly
   python scripts/bench_backends.py --weights W.pt --set model.name=CKPT --set model.resolution=504 --onnx-dir DIR
-  python scripts/bench_backends.py --demo-dice       # held-out Dice per concept, demo: torch / ORT fp32 / int8
+  python scripts/bench_backends.py --demo-dice    # held-out Dice per concept, demo + adapters: torch / ORT fp32 / int8
 
 The ONNX export of a random model is written once to ``--onnx-cache`` and reused.
 """
@@ -42,13 +42,13 @@ def _env() -> dict:
 
 
 # ------------------------------------------------------------------------------ export (subprocess)
-def export(model: str, resolution: int | None, out: Path) -> None:
+def export(model: str, resolution: int | None, out: Path, int8_scope: str = "mlp") -> None:
     from medsam3.inference.onnx_export import export_onnx
     from medsam3.testing import random_sam3
 
     sam3, processor = random_sam3(model, resolution)
     identity = {"random": model, "resolution": resolution, "seed": 0}
-    export_onnx(sam3, processor, out, identity, origin=f"random {model} SAM3", int8=True)
+    export_onnx(sam3, processor, out, identity, origin=f"random {model} SAM3", int8=True, int8_scope=int8_scope)
 
 
 # ------------------------------------------------------------------------------ worker (subprocess)
@@ -167,7 +167,8 @@ class Worker:
 
 def compare_backends(args, resolution: int | None) -> dict:
     cache = Path(args.onnx_cache)
-    onnx_dir = args.onnx_dir or cache / f"{args.model}_{resolution or 'default'}"
+    scope = "" if args.int8_scope == "mlp" else f"_{args.int8_scope}"
+    onnx_dir = args.onnx_dir or cache / f"{args.model}_{resolution or 'default'}{scope}"
     if (
         args.weights is None
         and any(b.startswith("ort") for b in args.backend)
@@ -175,7 +176,8 @@ def compare_backends(args, resolution: int | None) -> dict:
     ):
         t0 = time.perf_counter()
         cmd = [sys.executable, __file__, "--export", str(onnx_dir), "--model", args.model]
-        subprocess.run(cmd + (["--resolution", str(resolution)] if resolution else []), check=True, env=_env())
+        cmd += ["--int8-scope", args.int8_scope, *(["--resolution", str(resolution)] if resolution else [])]
+        subprocess.run(cmd, check=True, env=_env())
         print(f"exported {args.model} at {resolution} px in {time.perf_counter() - t0:.0f} s -> {onnx_dir}", flush=True)
     workers = [Worker(b, args, resolution, onnx_dir) for b in args.backend]  # one at a time: memory peaks apart
     rounds: dict[str, list[dict]] = {w.backend: [] for w in workers}
@@ -240,34 +242,69 @@ def print_row(row: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ demo Dice
+DEMO_WEIGHTS = {"demo": ("chaos", "mscmr", "brats"), "demo:hc18": ("hc18",), "demo:ph2": ("ph2",)}
+
+
 def demo_dice(args) -> dict:
-    """Held-out Dice per concept of the shipped demo (its 4-slice CT slab) through ``scripts/evaluate.py``."""
-    examples = REPO / "medsam3" / "demo" / "examples"
-    work = Path(tempfile.mkdtemp(prefix="medsam3_demo_dice_"))
-    labels = json.loads((examples / "labels.json").read_text())["labels"]
-    (work / "labels.json").write_text(json.dumps({str(i + 1): name for i, name in enumerate(labels)}))
-    (work / "pairs.csv").write_text(
-        f"image,label\n{examples / 'ct_abdomen_slab.nii.gz'},{examples / 'ct_abdomen_slab_labels.nii.gz'}\n"
-    )
-    onnx_dir = Path(args.onnx_cache) / "demo"
-    py = sys.executable
-    if not (onnx_dir / "medsam3_onnx.json").exists():
-        cmd = [py, "-m", "medsam3.cli.export", "--weights", "demo", "--onnx", str(onnx_dir), "--int8", "-q"]
-        subprocess.run(cmd, check=True, env=_env())
-    runs = {
-        "torch": [],
-        "ort-fp32": ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir), "--precision", "fp32"],
-        "ort-int8": ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir), "--precision", "int8"],
-    }
-    dice: dict[str, dict[str, float]] = {}
-    for name, extra in runs.items():
-        out = work / name
-        cmd = [py, str(REPO / "scripts" / "evaluate.py"), "--weights", "demo", "--volumes", str(work / "pairs.csv")]
-        cmd += ["--label-prompts", str(work / "labels.json"), "--thresholds", "0.25", "--output-dir", str(out), "-q"]
-        subprocess.run(cmd + extra, check=True, env=_env(), stdout=subprocess.DEVNULL)
-        summary = json.loads((out / "summary.json").read_text())
-        dice[name] = {r["concept"]: r["dice"]["mean"] for r in summary["results"] if r["protocol"] == "text"}
+    """Held-out Dice per concept of the shipped demo per backend: weights value -> backend -> dataset -> concept.
+
+    The test subjects of ``scripts/build_demo_sets.py``'s split (the ones MODEL.md's tables use), through
+    ``medsam3-evaluate`` (``demo_tables.py``'s call) at each weights value's shipped threshold: the base
+    on CHAOS, MS-CMRSeg and BraTS, each adapter on its modality. Every weights value is exported once
+    (``--int8``, the default scope) to ``--onnx-cache/demo_*``.
+    """
+    sys.path.insert(0, str(REPO / "scripts"))
+    import demo_tables
+
+    manifests = {d: args.demo_sets / "import" / d / "manifest.json" for d in demo_tables.DATASETS}
+    missing = [str(m) for m in manifests.values() if not m.is_file()]
+    if missing:
+        raise SystemExit(
+            f"--demo-dice needs the demo's split ({missing[0]} is missing): run "
+            f"python scripts/build_demo_sets.py --datasets {args.demo_datasets} --out {args.demo_sets}"
+        )
+    dice: dict = {}
+    for weights, datasets in DEMO_WEIGHTS.items():
+        onnx_dir = Path(args.onnx_cache) / f"{weights.replace(':', '_')}_{args.int8_scope}"
+        if not (onnx_dir / "medsam3_onnx.json").exists():
+            cmd = [sys.executable, "-m", "medsam3.cli.export", "--weights", weights, "--onnx", str(onnx_dir)]
+            cmd += ["--int8", "--int8-scope", args.int8_scope, "--overwrite", "-q"]
+            subprocess.run(cmd, check=True, env=_env(), cwd=REPO)
+        runs = {
+            "torch": [],
+            "ort-fp32": ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir), "--precision", "fp32"],
+            "ort-int8": ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir), "--precision", "int8"],
+        }
+        for backend, extra in runs.items():
+            for dataset in datasets:
+                rows = demo_tables.evaluate(
+                    [
+                        "--weights",
+                        weights,
+                        *extra,
+                        "--dataset",
+                        str(args.demo_datasets / demo_tables.DATASETS[dataset]),
+                        "--cases",
+                        f"{manifests[dataset]}:test",
+                    ],
+                    args.demo_out / f"{weights.replace(':', '_')}_{args.int8_scope}" / backend / dataset,
+                )
+                per_concept = demo_tables.per_concept(rows)
+                dice.setdefault(weights, {}).setdefault(backend, {})[dataset] = {
+                    c: v["dice"] for c, v in per_concept.items()
+                }
     return dice
+
+
+def print_demo_dice(dice: dict) -> None:
+    print("demo held-out Dice per concept (test subjects, shipped thresholds): torch / ORT fp32 / int8 (int8 - torch)")
+    for weights, by_backend in dice.items():
+        for dataset, concepts in by_backend["torch"].items():
+            for concept, ref in concepts.items():
+                fp32 = by_backend["ort-fp32"][dataset][concept]
+                int8 = by_backend["ort-int8"][dataset][concept]
+                values = f"{ref:.4f} / {fp32:.4f} / {int8:.4f} ({int8 - ref:+.4f})"
+                print(f"  {weights:10s} {dataset:6s} {concept:18s} {values}")
 
 
 def main() -> int:
@@ -286,6 +323,12 @@ def main() -> int:
     ap.add_argument("--threshold", type=float, default=0.0)
     ap.add_argument("--onnx-cache", default=str(Path(tempfile.gettempdir()) / "medsam3_bench_onnx"))
     ap.add_argument("--demo-dice", action="store_true", help="held-out Dice per concept of the demo, per backend")
+    ap.add_argument("--demo-datasets", type=Path, default=REPO.parent / "shared" / "datasets", help="with --demo-dice")
+    ap.add_argument("--demo-sets", type=Path, default=REPO / "runs" / "demo_sets", help="build_demo_sets.py's --out")
+    ap.add_argument("--demo-out", type=Path, default=REPO / "runs" / "demo_backends", help="evaluation outputs")
+    ap.add_argument(
+        "--int8-scope", default="mlp", choices=["mlp", "linear"], help="what the exports quantise (medsam3-export's)"
+    )
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--export", help=argparse.SUPPRESS)
@@ -297,7 +340,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], help="config overrides, as for infer_sam.py")
     args = ap.parse_args()
     if args.export:
-        export(args.model, args.resolution[0], Path(args.export))
+        export(args.model, args.resolution[0], Path(args.export), args.int8_scope)
         return 0
     if args.worker:
         args.backend, args.resolution = args.worker, args.resolution[0]
@@ -307,10 +350,7 @@ def main() -> int:
     if args.demo_dice:
         dice = demo_dice(args)
         results.append({"demo_dice": dice})
-        print("demo held-out Dice per concept (CT slab, threshold 0.25): torch / ORT fp32 / ORT int8")
-        for concept in dice["torch"]:
-            values = [dice[b].get(concept) for b in BACKENDS]
-            print(f"  {concept:14s} " + " / ".join("-" if v is None else f"{v:.4f}" for v in values))
+        print_demo_dice(dice)
     else:
         for resolution in args.resolution:
             row = compare_backends(args, resolution)

@@ -422,3 +422,21 @@ def small_disk(tmp_path):
     yield make
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def random_peft_lora(model, rank: int = 4, seed: int = 1):
+    """``model`` under a PEFT LoRA whose A and B are random (PEFT starts B at zero: merging it would change
+    nothing), in eval mode (get_peft_model leaves it training: LoRA dropout would be on)."""
+    import torch
+    from peft import get_peft_model
+
+    from medsam3.config import LoraConfigSection
+    from medsam3.model import build_lora_config
+
+    peft = get_peft_model(model, build_lora_config(model, LoraConfigSection(), rank=rank, alpha=2.0 * rank))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return peft.eval()

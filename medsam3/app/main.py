@@ -1,6 +1,7 @@
 """``medsam3-app`` / ``python -m medsam3.app``: load the model once, serve the page on 127.0.0.1.
 
-The model options are ``infer_sam.py``'s (``--config/--weights/--device/--precision/--set``).
+The model options are ``infer_sam.py``'s (``--config/--weights/--device/--precision/--set``,
+``--backend onnxruntime --onnx-dir DIR`` for an exported folder).
 A public Gradio share link is made only with ``--share``.
 """
 
@@ -13,7 +14,7 @@ import socket
 from pathlib import Path
 
 from ..config import load_config
-from ..console import add_set_flag, run_command, setup_logging
+from ..console import add_backend_flags, add_set_flag, check_backend_flags, run_command, setup_logging
 from ..errors import UserError
 from .limits import add_limit_flags, limits_from_args, start_sweeper
 
@@ -37,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or 'demo' for the offline demo model; default: model.lora_weights, else auto-detect in output.output_dir",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: hardware.device)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="autocast dtype (default: hardware.precision)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        help="autocast dtype (default: hardware.precision); int8: --backend onnxruntime's quantised vision encoder",
+    )
+    add_backend_flags(p)
     add_set_flag(p, "model.name=/models/sam3")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -94,6 +100,7 @@ def serve(args: argparse.Namespace) -> int:
     """Check the flags, load the model the run plan names, and serve the app until stopped."""
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
+    check_backend_flags(args)
     _check_port_free(args.host, args.port)  # before the model loads: a busy port is said in a second
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a clinic's machine
     try:
@@ -105,11 +112,11 @@ def serve(args: argparse.Namespace) -> int:
     from ..adapters.plan import plan_run
 
     plan = plan_run(cfg, args.weights, device=args.device, precision=args.precision)  # decided once, before torch
-    from ..inference.predictor import Predictor
+    from ..inference.onnx_backend import load_predictor
     from .service import AppService
     from .ui import build_ui
 
-    predictor = Predictor.from_plan(plan)
+    predictor = load_predictor(plan, args.backend, args.onnx_dir, args.precision)
     service = AppService(predictor, work_dir=args.work_dir, allow_unknown=args.allow_unknown, limits=limits)
     logger.info("model ready on %s (adapter: %s)", predictor.device, service.adapter)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_backend_flags", "add_version_flag"]
+__all__ = ["add_version_flag"]
 
 
 def add_version_flag(parser: argparse.ArgumentParser) -> None:
@@ -21,14 +21,3 @@ def add_version_flag(parser: argparse.ArgumentParser) -> None:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s (medsam3 {__version__})")
-
-
-def add_backend_flags(parser) -> None:
-    """``--backend`` and ``--onnx-dir``, as infer_sam.py and medsam3-evaluate take them (a parser or a group)."""
-    parser.add_argument(
-        "--backend",
-        choices=["torch", "onnxruntime"],
-        default="torch",
-        help="torch (default) or onnxruntime: the graphs medsam3-export --onnx wrote to --onnx-dir (docs/onnx.md)",
-    )
-    parser.add_argument("--onnx-dir", metavar="DIR", help="with --backend onnxruntime: the folder medsam3-export wrote")

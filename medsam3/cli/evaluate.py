@@ -14,8 +14,15 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
-from . import add_backend_flags, add_version_flag
+from ..console import (
+    add_backend_flags,
+    add_set_flag,
+    check_backend_flags,
+    quiet_weight_loading,
+    run_command,
+    setup_logging,
+)
+from . import add_version_flag
 
 logger = logging.getLogger("medsam3.evaluate")
 
@@ -207,10 +214,7 @@ def _dataset_folder(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalOptions, EvaluationError
 
-    if args.backend == "onnxruntime" and not args.onnx_dir:
-        raise EvaluationError("--backend onnxruntime needs --onnx-dir DIR (write one with medsam3-export --onnx DIR)")
-    if args.backend == "torch" and (args.onnx_dir or args.precision):
-        raise EvaluationError("--onnx-dir and --precision are for --backend onnxruntime")
+    check_backend_flags(args, EvaluationError)
     cfg = load_config(args.config, args.set)
     folder = _dataset_folder(args)
     # fail on a bad data description before loading gigabytes of model
@@ -232,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
     from ..evaluation import Evaluator, best_thresholds, concept_means, format_table, summarize_rows, write_report
-    from ..inference.predictor import Predictor
+    from ..inference.onnx_backend import load_predictor
 
     quiet_weight_loading(args.verbose, args.quiet)
     from ..inference.distributed import barrier, init_distributed
@@ -240,12 +244,8 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun: one device per rank, cases split by size, rows gathered and reported on rank 0.
     dist_info, device = init_distributed(args.device)
     t0 = time.perf_counter()
-    if args.backend == "onnxruntime":
-        from ..inference.onnx_backend import onnx_predictor
-
-        predictor = onnx_predictor(plan, args.onnx_dir, precision=args.precision)
-    else:
-        predictor = Predictor.from_plan(dataclasses.replace(plan, device=str(device)))
+    plan = dataclasses.replace(plan, device=str(device))
+    predictor = load_predictor(plan, args.backend, args.onnx_dir, args.precision)
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     out_dir = Path(args.output_dir)
     t0 = time.perf_counter()

@@ -16,9 +16,16 @@ import time
 from pathlib import Path
 
 from ..config import load_config
-from ..console import add_set_flag, quiet_weight_loading, run_command, setup_logging
+from ..console import (
+    add_backend_flags,
+    add_set_flag,
+    check_backend_flags,
+    quiet_weight_loading,
+    run_command,
+    setup_logging,
+)
 from ..errors import InputNotFoundError, UserError
-from . import add_backend_flags, add_version_flag
+from . import add_version_flag
 from .dicom_flags import add_dicom_flags, dicom_export_from_args
 
 logger = logging.getLogger("medsam3.infer")
@@ -276,15 +283,9 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
 def _check_backend(args: argparse.Namespace) -> None:
     from ..errors import UserError
 
-    if args.backend == "onnxruntime":
-        if not args.onnx_dir:
-            raise UserError("--backend onnxruntime needs --onnx-dir DIR (write one with medsam3-export --onnx DIR)")
-        if args.video or args.propagate:
-            raise UserError(
-                "--video and --propagate run SAM3's video model, which has no ONNX export; use --backend torch"
-            )
-    elif args.precision == "int8" or args.onnx_dir:
-        raise UserError("--precision int8 and --onnx-dir are for --backend onnxruntime")
+    check_backend_flags(args)
+    if args.backend == "onnxruntime" and (args.video or args.propagate):
+        raise UserError("--video and --propagate run SAM3's video model, which has no ONNX export; use --backend torch")
 
 
 def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, quiet: bool):
@@ -313,18 +314,13 @@ def _load_predictor(plan, args, opts, device=None):
     """The model the plan names, once per run; ``opts.adapter`` records where its adapter came from."""
     import dataclasses
 
-    from ..inference.predictor import Predictor
+    from ..inference.onnx_backend import load_predictor
 
     if device is not None:  # torchrun: this rank's device
         plan = dataclasses.replace(plan, device=str(device))
     quiet_weight_loading(args.verbose, args.quiet)
     t0 = time.perf_counter()
-    if args.backend == "onnxruntime":
-        from ..inference.onnx_backend import onnx_predictor
-
-        predictor = onnx_predictor(plan, args.onnx_dir, precision=args.precision)
-    else:
-        predictor = Predictor.from_plan(plan)
+    predictor = load_predictor(plan, args.backend, args.onnx_dir, args.precision)
     logger.info("model ready on %s in %.1f s", predictor.device, time.perf_counter() - t0)
     opts.adapter = predictor.adapter_origin
     if opts.dicom is not None:  # DICOM outputs name the base model in their provenance

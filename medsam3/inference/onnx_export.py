@@ -44,6 +44,7 @@ __all__ = [
     "INT8_SCOPES",
     "OPSET",
     "export_onnx",
+    "export_vision_graph",
     "merged_model",
     "quantize_graph",
 ]
@@ -256,11 +257,29 @@ def export_onnx(
     return out_dir
 
 
+@torch.no_grad()
+def export_vision_graph(sam3: torch.nn.Module, resolution: int, path: str | Path) -> Path:
+    """``vision.onnx`` alone: ``pixel_values`` (N, 3, R, R) -> ``fpn0..2``, N dynamic.
+
+    The graph ``--precision int8`` quantises and where ~90% of the time goes; a merged model
+    (:func:`merged_model`) in, exported with ``eager`` attention (the module docstring says why).
+    """
+    path = Path(path)
+    sam3 = merged_model(sam3)
+    attention = sam3.config._attn_implementation
+    sam3.set_attn_implementation("eager")
+    try:
+        # Example inputs with every dynamic axis >= 2, so the exporter does not specialise them to 1.
+        pixels = torch.zeros(2, 3, resolution, resolution)
+        _export(_Vision(sam3), (pixels,), path, ["pixel_values"], VISION_OUTPUTS, ({0: "images"},))
+    finally:
+        sam3.set_attn_implementation(attention)
+    return path
+
+
 def _export_graphs(sam3, processor: Sam3Processor, out_dir: Path, rows: int) -> None:
     res = int(processor.image_processor.size["height"])
-    # Example inputs with every dynamic axis >= 2, so the exporter does not specialise them to 1.
-    pixels = torch.zeros(2, 3, res, res)
-    _export(_Vision(sam3), (pixels,), out_dir / GRAPHS["vision"], ["pixel_values"], VISION_OUTPUTS, ({0: "images"},))
+    export_vision_graph(sam3, res, out_dir / GRAPHS["vision"])
     # The prompt path reads SAM3's FPN at 4x, 2x and 1x the patch grid; the values do not matter for export.
     vision_cfg = sam3.config.vision_config
     grid = res // vision_cfg.backbone_config.patch_size

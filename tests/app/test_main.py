@@ -40,6 +40,19 @@ def test_mistakes_are_one_error_line_and_exit_2(tiny_config, tmp_path, capsys, m
     assert main(["--config", str(tiny_config), "--weights", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
 
+    # the backend flags are infer_sam.py's, refused the same way before anything loads
+    assert main(["--config", str(tiny_config), "--precision", "int8"]) == 2
+    assert "add --backend onnxruntime" in capsys.readouterr().err
+    assert main(["--config", str(tiny_config), "--backend", "onnxruntime"]) == 2
+    assert "needs --onnx-dir DIR" in capsys.readouterr().err
+    assert (
+        main(
+            ["--config", str(tiny_config), "--weights", "none", "--backend", "onnxruntime", "--onnx-dir", str(tmp_path)]
+        )
+        == 2
+    )
+    assert "not a medsam3 ONNX" in capsys.readouterr().err
+
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the app extra were not installed
     assert main(["--config", str(tiny_config)]) == 2
     assert "pip install -e '.[app]'" in capsys.readouterr().err

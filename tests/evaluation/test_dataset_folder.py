@@ -124,3 +124,20 @@ def test_2d_png_folder_dice_equals_hand_computation(tmp_path, tiny_config, capsy
         pred = np.asarray(Image.open(out / row["prediction"])) > 0
         assert float(row["dice"]) == pytest.approx(_hand_dice(pred, gt), abs=1e-12)
     capsys.readouterr()
+
+
+def test_backend_flags_are_refused_before_the_model_loads(tmp_path, tiny_config, capsys):
+    """medsam3-evaluate takes infer_sam.py's --backend/--onnx-dir/--precision, refused in one line alike."""
+    src = _dataset(tmp_path / "Dataset911_Liver", n_cases=1)
+    base = ["--config", str(tiny_config), "--weights", "none", "-q", "--dataset", str(src)]
+    cases = {
+        "int8 without onnxruntime": (["--precision", "int8"], "add --backend onnxruntime"),
+        "onnxruntime without a folder": (["--backend", "onnxruntime"], "needs --onnx-dir DIR"),
+        "a folder that is no export": (["--backend", "onnxruntime", "--onnx-dir", str(src)], "not a medsam3 ONNX"),
+    }
+    for name, (extra, message) in cases.items():
+        capsys.readouterr()
+        assert main([*base, *extra, "--output-dir", str(tmp_path / "out")]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (name, err)
+    assert not (tmp_path / "out" / "summary.json").exists()

@@ -2,7 +2,8 @@
 
 One export (tiny SAM3 + a random PEFT LoRA adapter, merged; fp32 and int8) is shared by the module:
 ``medsam3-export --onnx``, then ``infer_sam.py`` with ``--backend torch`` and ``--backend
-onnxruntime`` on the same inputs, detections compared (scores within 1e-4, mask IoU >= 0.999).
+onnxruntime`` on the same inputs, detections compared (scores within 1e-4, mask IoU >= 0.999), and
+the app served from the folder. The default suite's check is ``test_onnx_export.py`` (vision graph).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 from medsam3.cli.export import main as export_main  # noqa: E402
 from medsam3.cli.infer import main as infer_main  # noqa: E402
+from tests.conftest import random_peft_lora  # noqa: E402
 
 RANK = 4
 
@@ -31,19 +32,9 @@ RANK = 4
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory, tiny_checkpoint):
     """A PEFT LoRA adapter with non-zero B (PEFT initialises B to zero: merging it would change nothing)."""
-    from peft import get_peft_model
     from transformers import Sam3Model
 
-    from medsam3.config import LoraConfigSection
-    from medsam3.model import build_lora_config
-
-    model = Sam3Model.from_pretrained(tiny_checkpoint)
-    peft = get_peft_model(model, build_lora_config(model, LoraConfigSection(), rank=RANK, alpha=2.0 * RANK))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in peft.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    peft = random_peft_lora(Sam3Model.from_pretrained(tiny_checkpoint), rank=RANK)
     out = tmp_path_factory.mktemp("adapter")
     peft.save_pretrained(out)
     return out
@@ -211,3 +202,40 @@ def test_export_and_flag_refusals(tmp_path, onnx_dir, image_path, adapter_dir, s
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_app_serves_from_an_onnx_folder_as_infer_sam_does(
+    tmp_path, onnx_dir, image_path, adapter_dir, sets, monkeypatch
+):
+    """medsam3-app --backend onnxruntime: the page's service answers with the ORT graphs, as infer_sam.py does."""
+    gr = pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
+    from medsam3.app import main as app_main
+    from medsam3.app import service as service_module
+
+    services = []
+
+    class Recording(service_module.AppService):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            services.append(self)
+
+        def close(self):  # the test drives it after launch returns
+            pass
+
+    monkeypatch.setattr(service_module, "AppService", Recording)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    argv = ["--weights", str(adapter_dir), *sets, "--backend", "onnxruntime", "--onnx-dir", str(onnx_dir)]
+    argv += ["--port", "0"]
+    assert app_main.main([*argv, "--work-dir", str(tmp_path / "work"), "-q"]) == 0
+    (service,) = services
+    assert "ONNX Runtime fp32" in service.predictor.adapter_origin
+    upload = service.open(image_path)
+    result = service.segment_image(upload, PROMPTS, [], 0.0, 0.5)
+    ort = _infer_json(
+        tmp_path, "ort", image_path, adapter_dir, sets, "--backend", "onnxruntime", "--onnx-dir", str(onnx_dir)
+    )
+    for detections, expected in zip(result.results, ort, strict=True):
+        assert detections.prompt == expected["prompt"]
+        np.testing.assert_allclose(detections.scores, [d["score"] for d in expected["detections"]], atol=1e-6)
+
+    assert app_main.main(["--weights", str(adapter_dir), *sets, "--precision", "int8"]) == 2  # int8 is ORT's

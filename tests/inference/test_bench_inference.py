@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from medsam3.inference.predictor import Predictor
 from medsam3.testing import random_sam3
@@ -68,6 +69,7 @@ def test_module_seconds_times_each_prompt_module_and_removes_its_hooks():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+@pytest.mark.slow  # a benchmark script end to end in a subprocess (~12 s): keeps the default suite under 5 minutes
 def test_cli_prints_the_bound_and_the_module_split(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

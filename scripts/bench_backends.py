@@ -251,7 +251,7 @@ def demo_dice(args) -> dict:
     The test subjects of ``scripts/build_demo_sets.py``'s split (the ones MODEL.md's tables use), through
     ``medsam3-evaluate`` (``demo_tables.py``'s call) at each weights value's shipped threshold: the base
     on CHAOS, MS-CMRSeg and BraTS, each adapter on its modality. Every weights value is exported once
-    (``--int8``, the default scope) to ``--onnx-cache/demo_*``.
+    (``--int8`` at ``--int8-scope``) to ``--onnx-cache/demo_<adapter>_<scope>``.
     """
     sys.path.insert(0, str(REPO / "scripts"))
     import demo_tables

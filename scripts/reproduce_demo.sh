@@ -3,6 +3,7 @@
 #   1. the training sets: the five shared datasets imported with medsam3-import (split by subject),
 #      merged with the CT organs of scripts/build_demo_data.py (registry packages)
 #   2. stage 1: the base, a small SAM3 trained from scratch on CHAOS, MS-CMRSeg, BraTS and CT
+#      (1a: 2400 steps from a random init; 1b: 1200 more from 1a's result, a second, lower cosine cycle)
 #   3. stage 2: LoRA adapters for fetal ultrasound (HC18) and dermoscopy (PH2) on the frozen base, with
 #      10 / 50 / all images (learning curve), and a full fine-tune with the same data and steps
 #   4. thresholds chosen on the valid split, then every table on the held-out test subjects
@@ -10,7 +11,7 @@
 #
 #   scripts/reproduce_demo.sh [DATASETS]          # default ../shared/datasets; everything under runs/
 #   SHIP=1 scripts/reproduce_demo.sh [DATASETS]   # and copy base, adapters, thresholds, examples into medsam3/demo/
-# About 2 hours on 2 CPU cores (stage 1: ~70 min; the stage-2 runs go two at a time, one thread each).
+# About 2.7 hours on 2 CPU cores (stage 1: ~70 + ~35 min; the stage-2 runs go two at a time, one thread each).
 set -euo pipefail
 DATASETS=$(realpath "${1:-../shared/datasets}")
 cd "$(dirname "$0")/.."
@@ -22,7 +23,8 @@ t $PY scripts/build_demo_data.py --out runs/demo_data
 t $PY scripts/build_demo_sets.py --datasets "$DATASETS" --ct-data runs/demo_data --out runs/demo_sets
 rm -rf runs/demo
 t $PY scripts/init_demo_base.py runs/demo/base_init --resolution 224 --hidden 64 --vision-layers 4 --seed 0
-t $PY train_sam3_lora_native.py --config configs/demo/base.yaml
+t $PY train_sam3_lora_native.py --config configs/demo/base.yaml            # -> runs/demo/base_stage1
+t $PY train_sam3_lora_native.py --config configs/demo/base_continue.yaml   # -> runs/demo/base (the shipped base)
 
 stage2() {  # one modality's runs, one after another, on one thread
     local a=$1

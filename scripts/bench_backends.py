@@ -245,6 +245,20 @@ def print_row(row: dict) -> None:
 DEMO_WEIGHTS = {"demo": ("chaos", "mscmr", "brats"), "demo:hc18": ("hc18",), "demo:ph2": ("ph2",)}
 
 
+def _export_is_current(onnx_dir: Path, weights: str) -> bool:
+    """Whether ``onnx_dir`` holds an export of what ``weights`` loads today (the manifest's identity check)."""
+    from medsam3.config import load_config
+    from medsam3.inference.onnx_manifest import OnnxFolderError, check_identity, read_manifest, source_identity
+
+    try:
+        check_identity(onnx_dir, read_manifest(onnx_dir), source_identity(load_config(None), weights))
+    except OnnxFolderError as exc:
+        if onnx_dir.exists():
+            print(f"re-exporting: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def demo_dice(args) -> dict:
     """Held-out Dice per concept of the shipped demo per backend: weights value -> backend -> dataset -> concept.
 
@@ -266,7 +280,7 @@ def demo_dice(args) -> dict:
     dice: dict = {}
     for weights, datasets in DEMO_WEIGHTS.items():
         onnx_dir = Path(args.onnx_cache) / f"{weights.replace(':', '_')}_{args.int8_scope}"
-        if not (onnx_dir / "medsam3_onnx.json").exists():
+        if not _export_is_current(onnx_dir, weights):  # retrained weights under the same name: export again
             cmd = [sys.executable, "-m", "medsam3.cli.export", "--weights", weights, "--onnx", str(onnx_dir)]
             cmd += ["--int8", "--int8-scope", args.int8_scope, "--overwrite", "-q"]
             subprocess.run(cmd, check=True, env=_env(), cwd=REPO)

@@ -7,12 +7,16 @@
 ``thresholds`` sweeps each model's valid set (2D slices of the valid subjects, every concept asked
 on every image) and keeps, per model, the threshold with the highest mean Dice over its concepts (an
 adapter's one threshold serves its new concept and the base's) among those with false detections on
-<= 5% of the absent prompts; ``--out/thresholds.json``. ``test`` reads them and writes
-``--out/test.json`` + ``--out/test.md`` (``render`` rewrites ``test.md`` from ``test.json``):
+<= 5% of the absent prompts; for the base it then segments the valid subjects' volumes at that
+threshold with and without ``--largest-component`` and keeps the clean-up for the concepts whose
+per-subject 3D Dice it raises by more than ``MIN_CLEANUP_GAIN``; ``--out/thresholds.json``.
+``test`` reads them and writes ``--out/test.json`` + ``--out/test.md`` (``render`` rewrites
+``test.md`` from ``test.json``):
 
 * per-subject 3D Dice (``medsam3-evaluate --dataset DIR --cases IMPORT/manifest.json:test``) of the
-  base on every dataset and concept (the adapters' concepts too: the "base alone" column), and of every
-  adapter run (LoRA 10 / 50 / all images, full fine-tune) on its modality;
+  base on every dataset and concept (the adapters' concepts too: the "base alone" column), with the
+  clean-up chosen on valid (and without it, for the record), and of every adapter run (LoRA 10 /
+  50 / all images, full fine-tune) on its modality;
 * false detections: every dataset's test images (``build_demo_sets.py``'s ``crosstest``) asked for
   every concept with ``--include-absent``; counted per weights value over the concepts it was trained
   on that the image's dataset does not label ("liver" on a heart MR, "fetal head" on CT): an image
@@ -48,6 +52,8 @@ ADAPTERS = {"hc18": "fetal head", "ph2": "skin lesion"}
 VISIBLE_UNLABELLED = {"brats": {"brain"}, "chaos": {"stomach", "aorta"}}
 MAX_FALSE_RATE = 0.05  # the threshold with the best valid Dice among those that fire on <= 5% of absent prompts
 SWEEP = ["0.1", "0.15", "0.2", "0.25", "0.3", "0.4", "0.5", "0.6", "0.7"]
+VOLUME_DATASETS = ("chaos", "mscmr", "brats")  # the base's 3D datasets: where a 3D clean-up can matter
+MIN_CLEANUP_GAIN = 0.005  # valid Dice a concept must gain from --largest-component to get it (noise below)
 
 
 MODELS = ["base"] + [f"{a}_{run}" for a in ADAPTERS for run in ("lora_all", "lora_10", "lora_50", "full_all")]
@@ -137,8 +143,59 @@ def thresholds(args: argparse.Namespace) -> dict:
             f"{name}: threshold {best} (valid Dice {scores[best]:.3f}, false detections {false_rates[best]:.3f})",
             file=sys.stderr,
         )
+        if name == "base":
+            chosen[name].update(choose_cleanup(args, margs, best))
     path.write_text(json.dumps(chosen, indent=1))
     return chosen
+
+
+def volume_dice(
+    args: argparse.Namespace, margs: list[str], dataset: str, split: str, extra: list[str], out: Path
+) -> dict:
+    """Per-concept per-subject 3D Dice of one dataset's ``split`` subjects."""
+    rows = evaluate(
+        [
+            *margs,
+            "--dataset",
+            str(args.datasets / DATASETS[dataset]),
+            "--cases",
+            f"{args.sets / 'import' / dataset / 'manifest.json'}:{split}",
+            *extra,
+        ],
+        out,
+    )
+    return per_concept(rows)
+
+
+def cleanup_args(concepts: list[str], dataset_concepts) -> list[str]:
+    """``--largest-component`` for the chosen concepts this dataset labels (none: no flag)."""
+    mine = [c for c in concepts if c in dataset_concepts]
+    return ["--largest-component", *mine] if mine else []
+
+
+def choose_cleanup(args: argparse.Namespace, margs: list[str], threshold: float) -> dict:
+    """The concepts that keep only their largest 3D component: those it helps on the valid subjects."""
+    raw, kept = {}, {}
+    for dataset in VOLUME_DATASETS:
+        t = ["--thresholds", str(threshold)]
+        raw.update(volume_dice(args, margs, dataset, "valid", t, args.out / "valid3d" / f"base_{dataset}"))
+        kept.update(
+            volume_dice(
+                args, margs, dataset, "valid", [*t, "--largest-component"], args.out / "valid3d" / f"base_{dataset}_lcc"
+            )
+        )
+    chosen = [c for c in raw if kept[c]["dice"] - raw[c]["dice"] > MIN_CLEANUP_GAIN]
+    for c in raw:
+        mark = "kept" if c in chosen else "not kept"
+        print(
+            f"base, valid 3D: {c} {raw[c]['dice']:.3f} -> {kept[c]['dice']:.3f} largest component: {mark}",
+            file=sys.stderr,
+        )
+    return {
+        "largest_component": chosen,
+        "valid_3d_dice": {c: v["dice"] for c, v in raw.items()},
+        "valid_3d_dice_largest_component": {c: v["dice"] for c, v in kept.items()},
+    }
 
 
 def run_facts(run: Path) -> dict:
@@ -199,24 +256,22 @@ def test(args: argparse.Namespace) -> dict:
     def wanted(name: str) -> bool:
         return not args.models or name in args.models
 
-    def subject_dice(name: str, dataset: str) -> dict:
-        rows = evaluate(
-            [
-                *model_args(args.runs, name),
-                "--dataset",
-                str(args.datasets / DATASETS[dataset]),
-                "--cases",
-                f"{args.sets / 'import' / dataset / 'manifest.json'}:test",
-                "--thresholds",
-                str(chosen[name]["threshold"]),
-            ],
-            args.out / "test" / f"{name}_{dataset}",
+    def subject_dice(name: str, dataset: str, extra: list[str] = (), tag: str = "") -> dict:
+        t = ["--thresholds", str(chosen[name]["threshold"]), *extra]
+        return volume_dice(
+            args, model_args(args.runs, name), dataset, "test", t, args.out / "test" / f"{name}_{dataset}{tag}"
         )
-        return per_concept(rows)
 
     if wanted("base"):
+        cleanup = chosen["base"].get("largest_component", [])
+        result["largest_component"] = cleanup
         for dataset in DATASETS:
-            result["dice"].setdefault("base", {})[dataset] = subject_dice("base", dataset)
+            raw = subject_dice("base", dataset)
+            extra = cleanup_args(cleanup, raw) if dataset in VOLUME_DATASETS else []
+            result["dice"].setdefault("base", {})[dataset] = (
+                subject_dice("base", dataset, extra, "_lcc") if extra else raw
+            )
+            result.setdefault("dice_without_cleanup", {}).setdefault("base", {})[dataset] = raw
     for adapter in ADAPTERS:
         for name in (f"{adapter}_lora_all", f"{adapter}_full_all", f"{adapter}_lora_10", f"{adapter}_lora_50"):
             if wanted(name):
@@ -276,16 +331,21 @@ def fmt(v: float) -> str:
 
 def markdown(result: dict) -> str:
     t = result["thresholds"]
+    cleanup = result.get("largest_component", [])
+    raw = result.get("dice_without_cleanup", {}).get("base", {})
     lines = [
         f"### Base (threshold {t['base']}), per-subject 3D Dice on the test subjects",
         "",
-        "| dataset | concept | Dice | subjects |",
-        "| --- | --- | --- | --- |",
+        f"Largest 3D component kept (chosen on valid) for: {', '.join(cleanup) or 'none'}.",
+        "",
+        "| dataset | concept | Dice | without the clean-up | subjects |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for dataset, concepts in result["dice"]["base"].items():
         for concept, v in concepts.items():
             note = "" if concept in result.get("base_concepts", [concept]) else " (not a base concept)"
-            lines.append(f"| {dataset} | {concept}{note} | {fmt(v['dice'])} | {v['cases']} |")
+            before = raw.get(dataset, {}).get(concept, {}).get("dice", float("nan"))
+            lines.append(f"| {dataset} | {concept}{note} | {fmt(v['dice'])} | {fmt(before)} | {v['cases']} |")
     lines += [
         "",
         "### Adapters, test subjects",

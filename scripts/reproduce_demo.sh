@@ -6,12 +6,13 @@
 #      (1a: 2400 steps from a random init; 1b: 1200 more from 1a's result, a second, lower cosine cycle)
 #   3. stage 2: LoRA adapters for fetal ultrasound (HC18) and dermoscopy (PH2) on the frozen base, with
 #      10 / 50 / all images (learning curve), and a full fine-tune with the same data and steps
-#   4. thresholds chosen on the valid split, then every table on the held-out test subjects
+#   4. thresholds (and the base's 3D clean-up) chosen on the valid split, then every table on the held-out test subjects
 #      (scripts/demo_tables.py, through medsam3-evaluate)
 #
 #   scripts/reproduce_demo.sh [DATASETS]          # default ../shared/datasets; everything under runs/
 #   SHIP=1 scripts/reproduce_demo.sh [DATASETS]   # and copy base, adapters, thresholds, examples into medsam3/demo/
-# About 2.7 hours on 2 CPU cores (stage 1: ~70 + ~35 min; the stage-2 runs go two at a time, one thread each).
+# About 4.5 hours on 2 CPU cores (stage 1: ~70 + ~35 min; stage 2: 8 runs of 600 steps, ~25-30 min each, two at a
+# time on one thread each, ~2 h; thresholds and tables ~30 min).
 set -euo pipefail
 DATASETS=$(realpath "${1:-../shared/datasets}")
 cd "$(dirname "$0")/.."

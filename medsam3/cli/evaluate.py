@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="slice along this axis, as in infer_sam.py: auto = the volume's own slice axis (last voxel axis; "
         "axial for axial scans), a plane (from the affine) or a voxel axis (default auto)",
     )
+    d3.add_argument(
+        "--largest-component",
+        nargs="*",
+        metavar="CONCEPT",
+        help="keep only the largest connected component of each predicted volume, as infer_sam.py "
+        "--largest-component does; name concepts to limit it to those (default: off)",
+    )
+    d3.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in each predicted volume")
 
     e = p.add_argument_group("protocol and metrics")
     e.add_argument(
@@ -126,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="T",
         help="score threshold(s); several = a sweep from one model run per case (default: the threshold the "
-        "weights record, else 0.5; the same rule as infer_sam.py and the app)",
+        "weights record, each concept at its own where they record one per concept, else 0.5; the same rule "
+        "as infer_sam.py and the app)",
     )
     e.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
     e.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2.0)")
@@ -223,9 +232,12 @@ def run(args: argparse.Namespace) -> int:
 
     # Model, adapter, device and hub state decided once (adapter refused? something not cached? said before torch).
     plan = plan_run(cfg, args.weights, device=args.device)
+    # Without --thresholds: the weights' own, one per concept where they record several (as infer_sam.py)
+    per_concept = not args.thresholds and bool(plan.concept_thresholds)
+    recorded = (plan.threshold, *plan.concept_thresholds.values()) if per_concept else (plan.threshold,)
     options = EvalOptions(
         protocols=tuple(args.protocol),
-        thresholds=tuple(args.thresholds) if args.thresholds else (plan.threshold,),
+        thresholds=tuple(args.thresholds) if args.thresholds else recorded,
         nms_iou=None if args.nms_iou >= 1.0 else args.nms_iou,
         nsd_tolerance=args.nsd_tolerance,
         include_absent=args.include_absent,
@@ -233,6 +245,9 @@ def run(args: argparse.Namespace) -> int:
         axis=args.axis,
         window=args.window,
         coco_map=args.coco_map,
+        largest_component=False if args.largest_component is None else (tuple(args.largest_component) or True),
+        fill_holes=args.fill_holes,
+        per_concept_thresholds=per_concept,
     )
     # Only now the heavy imports (torch, transformers): every cheap mistake has been reported.
     from ..evaluation import Evaluator, best_thresholds, concept_means, format_table, summarize_rows, write_report

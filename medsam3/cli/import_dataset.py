@@ -117,8 +117,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    logging.getLogger("medsam3.io").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    return run_command(PROG, lambda: run(args), args.verbose, interrupted="nothing was written")
+    io_logger = logging.getLogger("medsam3.io")
+    io_level = io_logger.level
+    io_logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return run_command(PROG, lambda: run(args), args.verbose, interrupted="nothing was written")
+    finally:  # called in-process (tests, notebooks): the io logger's level is not ours to keep
+        io_logger.setLevel(io_level)
 
 
 if __name__ == "__main__":

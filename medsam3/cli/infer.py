@@ -166,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument(
         "--largest-component",
-        action="store_true",
-        help="3D: keep only the largest connected component of each prompt's mask",
+        nargs="*",
+        metavar="CONCEPT",
+        help="3D: keep only the largest connected component (26-connected) of each prompt's mask; "
+        "name concepts to limit it to those, e.g. --largest-component liver spleen (organs are one "
+        "object, a multifocal tumour is not)",
     )
     v.add_argument("--fill-holes", action="store_true", help="3D: fill enclosed holes in each prompt's mask")
     v.add_argument(
@@ -275,9 +278,20 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
                     f"--image {args.image}: a folder is read as one DICOM series, and it holds no DICOM files; "
                     f"for a folder of images use --input-dir {args.image} --output-dir OUT"
                 )
+    if args.largest_component:  # names checked against the prompts before any model loads
+        from ..inference.postprocess3d import largest_component_flags
+
+        largest_component_flags(args.largest_component, prompts)
     boxes = [*(args.box or []), *(args.neg_box or [])]
     labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
     return prompts, boxes, labels
+
+
+def _largest_component(values: list[str] | None) -> bool | list[str]:
+    """--largest-component: absent -> off, alone -> every prompt, with names -> those concepts."""
+    if values is None:
+        return False
+    return values or True
 
 
 def _check_backend(args: argparse.Namespace) -> None:
@@ -303,7 +317,7 @@ def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, 
         boxes=boxes or None,
         box_labels=labels or None,
         binary_masks=args.binary_masks,
-        largest_component=args.largest_component,
+        largest_component=_largest_component(args.largest_component),
         fill_holes=args.fill_holes,
         montage_slices=args.montage,
         progress=not quiet and sys.stderr.isatty(),  # bars only for people: no escape codes in log files

@@ -27,6 +27,9 @@ Rules (all fixed here, all in docs/evaluation.md):
   semantic mask. A threshold sweep runs the model *once* per case, keeping detections above the
   lowest threshold, and derives every threshold's mask from them: greedy NMS keeps the same
   detections above ``t`` whether it ran before or after the cut, so this equals separate runs.
+  Weights that record one threshold per concept are scored at each concept's own
+  (``EvalOptions.per_concept_thresholds``), as inference applies them. With ``largest_component`` /
+  ``fill_holes`` each 3D prediction is cleaned as ``infer_sam.py`` cleans it, then saved and scored.
 * **Metrics.** :func:`medsam3.evaluation.metrics.compute_all` (Dice, IoU, NSD at ``nsd_tolerance`` mm, HD95):
   3D on the whole volume with the file's voxel spacing; 2D with the image's pixel spacing when the
   file carries one (DICOM), else 1 mm per pixel. Absent cases score 1 when nothing is predicted and

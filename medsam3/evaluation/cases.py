@@ -76,6 +76,9 @@ class EvalOptions:
     axis: int | str = "auto"  # as inference.volume.resolve_axis: auto, axial/coronal/sagittal, or a voxel axis
     window: WindowSpec = None
     coco_map: bool = False
+    largest_component: bool | tuple[str, ...] = False  # 3D, as infer_sam.py: True = every concept, else these
+    fill_holes: bool = False  # 3D, as infer_sam.py
+    per_concept_thresholds: bool = False  # the weights record one threshold per concept: each concept at its own
 
     def __post_init__(self) -> None:
         protocols = tuple(dict.fromkeys(self.protocols))
@@ -99,6 +102,8 @@ class EvalOptions:
             raise EvaluationError(str(exc)) from exc
         object.__setattr__(self, "protocols", protocols)
         object.__setattr__(self, "thresholds", thresholds)
+        if not isinstance(self.largest_component, bool):
+            object.__setattr__(self, "largest_component", tuple(self.largest_component))
 
     @property
     def keep_threshold(self) -> float:

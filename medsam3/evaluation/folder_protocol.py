@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..inference.postprocess3d import largest_component_flags
 from ..inference.volume import segment_volume
 from ..io import ImageReadError, Volume, save_label_map
 from ..io.nnunet import DatasetCase, read_case_image, read_case_labels
@@ -33,7 +34,6 @@ class DatasetFolderEvaluator(Evaluator):
         if not chosen:
             logger.warning("%s: no concept occurs in %s; nothing to evaluate", case.name, case.label)
             return []
-        prompts = [folder.prompts[j] for j in chosen]
         is_volume = isinstance(image, Volume)
         spacing = image.spacing if is_volume else (1.0, 1.0)
         modality = (image.modality if is_volume else image.meta.get("modality")) or ("3D" if is_volume else "2D")
@@ -41,18 +41,25 @@ class DatasetFolderEvaluator(Evaluator):
         source = case.images[min(folder.channel, len(case.images) - 1)]
         used: set[str] = set()
         concept_slugs = {j: _slug_unique(folder.prompts[j], used) for j in chosen}
+        keep = largest_component_flags(opts.largest_component, folder.prompts)
+        largest = [folder.prompts[j] for j in chosen if keep[j]]
         rows = []
         for t in opts.thresholds:
+            scored = [j for j in chosen if self.reports(folder.prompts[j], t)]  # per-concept thresholds: a subset
+            if not scored:
+                continue
+            prompts = [folder.prompts[j] for j in scored]
             if is_volume:
                 seg = segment_volume(
                     self.predictor, image, prompts, axis=opts.axis, slice_batch=opts.slice_batch, threshold=t,
-                    nms_iou=opts.nms_iou, description=case.name,
+                    nms_iou=opts.nms_iou, largest_component=[p for p in largest if p in prompts],
+                    fill_holes=opts.fill_holes, description=case.name,
                 )  # fmt: skip
                 preds = seg.masks
             else:
                 dets = self.predictor.predict_images([image.rgb], prompts, threshold=t, nms_iou=opts.nms_iou)[0]
                 preds = [d.semantic_mask() for d in dets]
-            for j, pred in zip(chosen, preds):
+            for j, pred in zip(scored, preds):
                 concept = folder.dataset.concepts[j]
                 suffix = ".nii.gz" if is_volume else ".png"
                 path = self._prediction_path("text", t, slug, concept_slugs[j], suffix)
@@ -69,6 +76,7 @@ class DatasetFolderEvaluator(Evaluator):
         """Every case; a failing one is logged and listed in ``failures``, never fatal."""
         if self.options.protocols != ("text",):
             raise EvaluationError("a dataset folder is evaluated with --protocol text only")
+        self._check_cleanup(None if folder.dataset.is_2d else list(folder.prompts))
         report = EvaluationReport(options=self.options)
         report.n_cases = len(folder.cases)
         for case in tqdm(folder.cases, desc="evaluating", unit="case", disable=None):

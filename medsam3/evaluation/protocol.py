@@ -18,9 +18,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..inference.distributed import DistInfo, gather_to_main, path_bytes, shard_by_size
 from ..inference.postprocess import Detections
-from ..inference.postprocess3d import keep_largest_component
+from ..inference.postprocess3d import clean_mask, keep_largest_component, largest_component_flags
 from ..inference.volume import default_slice_batch, resolve_axis
 from ..io import ImageReadError, load_image2d, load_volume, save_label_map
 from ..outputs import encode_rle, prompt_slug
@@ -217,6 +218,8 @@ class Evaluator:
                     }
                 )
             for t, pred in semantic_masks(det, opts.thresholds).items():
+                if not self.reports(dataset.prompts[c], t):
+                    continue
                 path = self._prediction_path(protocol, t, case_slug, concept_slugs[c], ".png")
                 if path is not None:
                     Image.fromarray(pred.astype(np.uint8) * 255).save(path)
@@ -269,6 +272,7 @@ class Evaluator:
             for protocol in opts.protocols
             for v in concepts
             for t in opts.thresholds
+            if self.reports(label_prompts[v], t)
         }
         index: list[Any] = [slice(None)] * 3
         per_pass = opts.slice_batch or default_slice_batch(self.predictor.device)
@@ -288,8 +292,14 @@ class Evaluator:
             for (i, protocol, v), det in zip(plan, dets):
                 index[geo.axis] = ks[i]
                 for t, mask in semantic_masks(det, opts.thresholds).items():
-                    preds[(protocol, v, t)][tuple(index)] = geo.from_display(mask)
+                    if (protocol, v, t) in preds:
+                        preds[(protocol, v, t)][tuple(index)] = geo.from_display(mask)
 
+        keep_largest = dict(
+            zip(label_prompts, largest_component_flags(opts.largest_component, list(label_prompts.values())))
+        )
+        if opts.fill_holes or any(keep_largest.values()):  # the clean-up infer_sam.py applies, on every threshold
+            preds = {k: clean_mask(m, keep_largest[k[1]], opts.fill_holes) for k, m in preds.items()}
         case_slug = self._case_slug(case)
         used: set[str] = set()
         concept_slugs = {v: _slug_unique(label_prompts[v], used) for v in concepts}
@@ -335,6 +345,7 @@ class Evaluator:
         if not jobs:
             raise EvaluationError("no cases to evaluate: give a COCO set and/or volumes")
         report.n_cases = len(jobs)
+        self._check_cleanup(list(volumes.label_prompts.values()) if volumes else None)
         for _, case in jobs:
             self._case_slug(case)
         if dist_info.enabled:
@@ -382,6 +393,24 @@ class Evaluator:
                 p: coco_instance_metrics(coco, coco_results[p], evaluated_images) for p in self.options.protocols
             }
         return report
+
+    def reports(self, concept: str, threshold: float) -> bool:
+        """Whether ``concept`` is scored at ``threshold``: every swept one, or with per-concept thresholds
+        (recorded by the weights) only the concept's own, as infer_sam.py applies them."""
+        return not self.options.per_concept_thresholds or threshold == self.predictor.threshold_for(concept)
+
+    def _check_cleanup(self, concepts: list[str] | None) -> None:
+        """3D clean-up options (``concepts``: the set's, None without volumes): said wrong before the first case."""
+        opts = self.options
+        if not (opts.largest_component or opts.fill_holes):
+            return
+        if concepts is None:
+            logger.warning("--largest-component / --fill-holes clean up 3D masks; this set has no volumes: ignored")
+            return
+        try:
+            largest_component_flags(opts.largest_component, concepts)
+        except UserError as exc:
+            raise EvaluationError(str(exc)) from None
 
 
 @dataclass

@@ -52,6 +52,7 @@ from .dicom_export import DicomExport, image_dicom_outputs, volume_dicom_outputs
 from .distributed import DistInfo, barrier, gather_to_main, path_bytes, shard_by_size
 from .inputs import LoadedInput, discover_inputs, load_input, output_names
 from .postprocess import Detections
+from .postprocess3d import LargestComponent
 from .volume import VolumeSegmentation, segment_volume
 
 __all__ = [
@@ -87,7 +88,7 @@ class InferenceOptions:
     boxes: list | None = None
     box_labels: list | None = None
     binary_masks: bool = False
-    largest_component: bool = False
+    largest_component: LargestComponent = False  # True: every prompt; else the concepts it applies to
     fill_holes: bool = False
     montage_slices: int = 6
     progress: bool = True

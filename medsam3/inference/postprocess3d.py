@@ -7,10 +7,17 @@ corners) by default, as most 3D tools use; ``connectivity=1`` gives 6-connectivi
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["clean_mask", "fill_holes", "keep_largest_component", "voxel_volume_ml"]
+from ..errors import UserError
+
+__all__ = ["clean_mask", "fill_holes", "keep_largest_component", "largest_component_flags", "voxel_volume_ml"]
+
+LargestComponent = bool | Collection[str]
+"""True: every prompt; a collection of concept names: those prompts only (organs, not multifocal tumours)."""
 
 
 def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
@@ -33,6 +40,24 @@ def keep_largest_component(mask: np.ndarray, connectivity: int | None = None) ->
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def largest_component_flags(option: LargestComponent, prompts: Sequence[str]) -> list[bool]:
+    """Per prompt, whether it gets the largest-component clean-up.
+
+    Concept names are matched case-insensitively; a name that is none of ``prompts`` is an error (a
+    typo would otherwise leave the organ uncleaned without a word).
+    """
+    if isinstance(option, bool):
+        return [option] * len(prompts)
+    wanted = {c.strip().lower() for c in option}
+    unknown = sorted(wanted - {p.strip().lower() for p in prompts})
+    if unknown:
+        raise UserError(
+            f"--largest-component names {', '.join(repr(u) for u in unknown)}, which is not one of the prompts "
+            f"({', '.join(prompts)}); name prompts exactly as given, or pass the flag alone for every prompt"
+        )
+    return [p.strip().lower() in wanted for p in prompts]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

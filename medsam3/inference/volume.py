@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..io.volume import SliceGeometry, Volume, label_dtype
 from .postprocess import Detections
-from .postprocess3d import clean_mask, voxel_volume_ml
+from .postprocess3d import LargestComponent, clean_mask, largest_component_flags, voxel_volume_ml
 
 __all__ = ["AXIS_NAMES", "VolumeSegmentation", "resolve_axis", "segment_volume"]
 
@@ -166,7 +166,7 @@ def segment_volume(
     nms_iou: float | None = 0.5,
     boxes=None,
     box_labels=None,
-    largest_component: bool = False,
+    largest_component: LargestComponent = False,
     fill_holes: bool = False,
     progress: bool = False,
     description: str | None = None,
@@ -179,12 +179,14 @@ def segment_volume(
         reorient: show slices in display orientation (recommended; the model was trained on it).
         slice_batch: slices per vision pass (None: :func:`default_slice_batch` for the predictor's device).
         boxes, box_labels: exemplar boxes in *display* pixels of every slice (as in ``predict``).
-        largest_component, fill_holes: 3D clean-up of each prompt's binary volume.
+        largest_component, fill_holes: 3D clean-up of each prompt's binary volume (largest component:
+            True for every prompt, or the concept names it applies to).
         progress: show a tqdm bar (slices).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise UserError("no prompt given; pass at least one text prompt such as 'liver'")
+    keep_largest = largest_component_flags(largest_component, prompts)  # checked before any slice is run
     if slice_batch is None:
         slice_batch = default_slice_batch(getattr(predictor, "device", "cpu"))
     if slice_batch < 1:
@@ -239,8 +241,8 @@ def segment_volume(
                 win = np.where(scores.max(axis=0) > 0, scores.argmax(axis=0) + 1, 0)
                 owner[where] = geo.from_display(win.astype(owner.dtype))
             bar.update(len(ks))
-    if largest_component or fill_holes:
-        masks = [clean_mask(m, largest_component, fill_holes) for m in masks]
+    if any(keep_largest) or fill_holes:
+        masks = [clean_mask(m, keep, fill_holes) for m, keep in zip(masks, keep_largest)]
         labels = np.zeros_like(owner)
         for j, m in enumerate(masks):  # keep the winner where it survived the clean-up
             labels[(owner == j + 1) & m] = j + 1
@@ -273,7 +275,9 @@ def segment_volume(
             "nms_iou": nms_iou,
             "slice_batch": slice_batch,
             "reorient": reorient,
-            "largest_component": largest_component,
+            "largest_component": largest_component
+            if isinstance(largest_component, bool)
+            else [p for p, keep in zip(prompts, keep_largest) if keep],
             "fill_holes": fill_holes,
         },
         unknown_prompts=predictor.plan.unknown_prompts(prompts) if getattr(predictor, "plan", None) else [],

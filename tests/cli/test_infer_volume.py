@@ -333,3 +333,27 @@ def test_legend_counts_what_the_label_map_holds_when_prompts_overlap(
     assert summary[0]["voxels"] == 0 and summary[0]["prompt_mask_voxels"] == int(tumor.sum())
     line = next(m for m in caplog.messages if "'tumor'" in m and "voxels" in m)
     assert line.startswith("  2 = 'tumor': 0 voxels, 0.00 ml in the label map") and f"{tumor.sum()} voxels" in line
+
+
+@pytest.mark.parametrize(("named", "cleaned"), [(["Liver"], ["liver"]), (["TUMOR"], ["tumor"])])
+def test_largest_component_for_named_concepts_only(tmp_path, tiny_config, volume_file, injected, named, cleaned):
+    """--largest-component CONCEPT: only the named prompt loses its stray component; the legend says which."""
+    out = tmp_path / "seg"
+    args = ["--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", "none"]
+    args += ["--window", "500,1000", "--montage", 0, "-q"]
+    assert run_cli(*args, "--output-dir", out, "--largest-component", *named) == 0
+    liver, _, stray, tumor = structures()
+    expected = np.zeros(SHAPE, np.uint8)
+    expected[liver if "liver" in cleaned else liver | stray] = 1  # the stray 'liver' component goes if named
+    expected[tumor] = 2
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "labels.nii.gz").dataobj), expected)
+    assert json.loads((out / "legend.json").read_text())["largest_component"] == cleaned
+
+
+def test_largest_component_typo_is_refused_before_the_model_loads(tmp_path, tiny_config, volume_file, capsys):
+    out = tmp_path / "seg"
+    rc = run_cli("--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", "none",
+                 "--output-dir", out, "--largest-component", "livr")  # fmt: skip
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "'livr'" in err and "liver, tumor" in err

@@ -141,3 +141,77 @@ def test_backend_flags_are_refused_before_the_model_loads(tmp_path, tiny_config,
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (name, err)
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def _largest_26(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component, straight from scipy (independent of medsam3.inference.postprocess3d)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(mask, labels, range(1, n + 1))
+    return labels == 1 + int(np.argmax(sizes))
+
+
+def test_largest_component_cleans_the_named_concepts_only(tmp_path, tiny_config, capsys):
+    """--largest-component liver: each saved liver volume is the largest component of the raw one and
+    is what Dice is computed on; tumor's are untouched (what infer_sam.py --largest-component liver writes)."""
+    src = _dataset(tmp_path / "Dataset912_Liver", n_cases=2)
+    sweep = ["--thresholds", "0.1", "0.3", "0.5", "0.6"]
+    base = ["--config", str(tiny_config), "--weights", "none", "-q", "--dataset", str(src), *sweep]
+    raw_out, lcc_out = tmp_path / "raw", tmp_path / "lcc"
+    assert main([*base, "--output-dir", str(raw_out)]) == 0
+    assert main([*base, "--largest-component", "Liver", "--output-dir", str(lcc_out)]) == 0
+    raw_rows, lcc_rows = _rows(raw_out), _rows(lcc_out)
+    assert [(r["case_id"], r["concept"], r["threshold"]) for r in raw_rows] == [
+        (r["case_id"], r["concept"], r["threshold"]) for r in lcc_rows
+    ]
+    split = 0
+    for raw, row in zip(raw_rows, lcc_rows):
+        before = np.asarray(nib.load(raw_out / raw["prediction"]).dataobj) > 0
+        after = np.asarray(nib.load(lcc_out / row["prediction"]).dataobj) > 0
+        expected = _largest_26(before) if row["concept"] == "liver" else before
+        np.testing.assert_array_equal(after, expected)
+        split += row["concept"] == "liver" and not np.array_equal(after, before)
+        labels = np.asarray(nib.load(src / "labelsTr" / f"{row['case_id']}.nii.gz").dataobj)
+        gt = np.isin(
+            labels, LABELS[row["concept"]] if isinstance(LABELS[row["concept"]], list) else [LABELS[row["concept"]]]
+        )
+        assert float(row["dice"]) == pytest.approx(_hand_dice(after, gt), abs=1e-12)
+    assert split, "no raw liver prediction had a second component: the test has no teeth"
+    assert json.loads((lcc_out / "summary.json").read_text())["options"]["largest_component"] == ["Liver"]
+    capsys.readouterr()
+    # a concept the set does not have: refused before any case runs, naming it and the set's concepts
+    assert main([*base, "--largest-component", "livr", "--output-dir", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert "'livr'" in err and "liver, tumor" in err
+    assert not (tmp_path / "typo" / "per_case.csv").exists()
+
+
+def test_weights_with_per_concept_thresholds_are_scored_at_each_concepts_own(tmp_path, tiny_config, capsys):
+    """Weights recording a threshold per concept: without --thresholds each concept is scored at its own
+    (as infer_sam.py applies them), the same rows a sweep over those thresholds gives for it."""
+    from tests.conftest import save_tiny_adapter
+
+    adapter = save_tiny_adapter(
+        tiny_config,
+        tmp_path / "adapter",
+        {"threshold": 0.3, "concepts": ["liver", "tumor"], "concept_thresholds": {"Liver": 0.02, "tumor": 0.2}},
+    )
+    src = _dataset(tmp_path / "Dataset913_Liver", n_cases=2)
+    base = ["--config", str(tiny_config), "--weights", str(adapter), "-q", "--dataset", str(src)]
+    own, sweep = tmp_path / "own", tmp_path / "sweep"
+    assert main([*base, "--output-dir", str(own)]) == 0
+    assert main([*base, "--thresholds", "0.02", "0.2", "0.3", "--output-dir", str(sweep)]) == 0
+    own_rows = _rows(own)
+    expected = {"liver": "0.02", "tumor": "0.2", "liver and tumor": "0.3"}  # the last: the recorded default
+    assert {(r["concept"], r["threshold"]) for r in own_rows} == set(expected.items())
+    swept = {(r["case_id"], r["concept"], r["threshold"]): r for r in _rows(sweep)}
+    for row in own_rows:
+        match = swept[(row["case_id"], row["concept"], row["threshold"])]
+        assert (row["dice"], row["pred_size_px"]) == (match["dice"], match["pred_size_px"])
+    # thresholds inside the tiny model's score range: a concept's own gives other masks than the default's
+    at_default = [swept[(r["case_id"], r["concept"], "0.3")]["pred_size_px"] for r in own_rows]
+    assert [r["pred_size_px"] for r in own_rows] != at_default
+    capsys.readouterr()

@@ -459,3 +459,28 @@ def test_script_wrapper_help():
         timeout=120,
     )
     assert res.returncode == 0 and "--protocol" in res.stdout and "text+box" in res.stdout
+
+
+def test_3d_largest_component_is_what_gets_scored(tmp_path, tiny_config, data):
+    """--largest-component (every concept) on a volume set: each saved prediction is the largest
+    26-connected component of the raw one (scipy, independently), and the metrics are the cleaned volume's."""
+    from scipy import ndimage
+
+    common = ["--image-dir", data["images"], "--label-dir", data["labels"], "--label-prompts", data["prompts"]]
+    common += ["--thresholds", "0.1", "0.3", "0.5", "0.6", "--nms-iou", "1"]
+    raw_out, lcc_out = tmp_path / "raw", tmp_path / "lcc"
+    assert run_evaluate(tiny_config, *common, "--output-dir", raw_out) == 0
+    assert run_evaluate(tiny_config, *common, "--largest-component", "--output-dir", lcc_out) == 0
+    raw_rows, lcc_rows = read_rows(raw_out), read_rows(lcc_out)
+    assert len(raw_rows) == len(lcc_rows) > 0
+    changed = 0
+    for raw, row in zip(raw_rows, lcc_rows):
+        assert (raw["case_id"], raw["concept"], raw["threshold"]) == (row["case_id"], row["concept"], row["threshold"])
+        before = np.asarray(nib.load(raw_out / raw["prediction"]).dataobj) > 0
+        labels, n = ndimage.label(before, structure=np.ones((3, 3, 3)))
+        expected = labels == 1 + int(np.argmax(ndimage.sum(before, labels, range(1, n + 1)))) if n > 1 else before
+        np.testing.assert_array_equal(np.asarray(nib.load(lcc_out / row["prediction"]).dataobj) > 0, expected)
+        assert_metrics_equal(row, recompute(lcc_out, row, None))
+        changed += n > 1
+    assert changed, "no raw prediction had a second component: the test has no teeth"
+    assert json.loads((lcc_out / "summary.json").read_text())["options"]["largest_component"] is True

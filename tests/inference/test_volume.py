@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from medsam3.errors import UserError
 from medsam3.inference.postprocess import Detections
-from medsam3.inference.postprocess3d import clean_mask, fill_holes, keep_largest_component, voxel_volume_ml
+from medsam3.inference.postprocess3d import (
+    clean_mask,
+    fill_holes,
+    keep_largest_component,
+    largest_component_flags,
+    voxel_volume_ml,
+)
 from medsam3.inference.volume import resolve_axis, segment_volume
 from medsam3.io import Volume, choose_intensity
 
@@ -24,6 +31,16 @@ def test_keep_largest_component_and_connectivity():
     assert not keep_largest_component(np.zeros((3, 3, 3), bool)).any()
     with pytest.raises(ValueError, match="connectivity"):
         keep_largest_component(mask, connectivity=4)
+
+
+def test_largest_component_flags_per_prompt():
+    prompts = ["liver", "Left Kidney", "tumor"]
+    assert largest_component_flags(True, prompts) == [True, True, True]
+    assert largest_component_flags(False, prompts) == [False, False, False]
+    assert largest_component_flags([" LIVER", "left kidney"], prompts) == [True, True, False]
+    assert largest_component_flags([], prompts) == [False, False, False]
+    with pytest.raises(UserError, match=r"'spleen'.*liver, Left Kidney, tumor"):
+        largest_component_flags(["liver", "spleen"], prompts)
 
 
 def test_fill_holes_3d_and_order():

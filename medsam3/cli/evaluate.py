@@ -222,6 +222,7 @@ def _dataset_folder(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import EvalOptions, EvaluationError
+    from ..inference.postprocess3d import largest_component_option
 
     check_backend_flags(args, EvaluationError)
     cfg = load_config(args.config, args.set)
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         axis=args.axis,
         window=args.window,
         coco_map=args.coco_map,
-        largest_component=False if args.largest_component is None else (tuple(args.largest_component) or True),
+        largest_component=largest_component_option(args.largest_component),
         fill_holes=args.fill_holes,
         per_concept_thresholds=per_concept,
     )

@@ -287,13 +287,6 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
     return prompts, boxes, labels
 
 
-def _largest_component(values: list[str] | None) -> bool | list[str]:
-    """--largest-component: absent -> off, alone -> every prompt, with names -> those concepts."""
-    if values is None:
-        return False
-    return values or True
-
-
 def _check_backend(args: argparse.Namespace) -> None:
     from ..errors import UserError
 
@@ -304,6 +297,7 @@ def _check_backend(args: argparse.Namespace) -> None:
 
 def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, quiet: bool):
     from ..inference.batch import InferenceOptions
+    from ..inference.postprocess3d import largest_component_option
 
     return InferenceOptions(
         prompts=prompts,
@@ -317,7 +311,7 @@ def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, 
         boxes=boxes or None,
         box_labels=labels or None,
         binary_masks=args.binary_masks,
-        largest_component=_largest_component(args.largest_component),
+        largest_component=largest_component_option(args.largest_component),
         fill_holes=args.fill_holes,
         montage_slices=args.montage,
         progress=not quiet and sys.stderr.isatty(),  # bars only for people: no escape codes in log files

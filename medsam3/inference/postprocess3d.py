@@ -14,7 +14,14 @@ from scipy import ndimage
 
 from ..errors import UserError
 
-__all__ = ["clean_mask", "fill_holes", "keep_largest_component", "largest_component_flags", "voxel_volume_ml"]
+__all__ = [
+    "clean_mask",
+    "fill_holes",
+    "keep_largest_component",
+    "largest_component_flags",
+    "largest_component_option",
+    "voxel_volume_ml",
+]
 
 LargestComponent = bool | Collection[str]
 """True: every prompt; a collection of concept names: those prompts only (organs, not multifocal tumours)."""
@@ -40,6 +47,13 @@ def keep_largest_component(mask: np.ndarray, connectivity: int | None = None) ->
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def largest_component_option(values: Sequence[str] | None) -> LargestComponent:
+    """The ``--largest-component [CONCEPT ...]`` flag: absent -> off, alone -> every prompt, names -> those."""
+    if values is None:
+        return False
+    return tuple(values) or True
 
 
 def largest_component_flags(option: LargestComponent, prompts: Sequence[str]) -> list[bool]:

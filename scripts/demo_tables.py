@@ -5,11 +5,13 @@
     python scripts/demo_tables.py test         # on the held-out test subjects, at those thresholds
 
 ``thresholds`` sweeps each model's valid set (2D slices of the valid subjects, every concept asked
-on every image) and keeps, per model, the threshold with the highest mean Dice over its concepts (an
-adapter's one threshold serves its new concept and the base's) among those with false detections on
-<= 5% of the absent prompts; for the base it then segments the valid subjects' volumes at that
-threshold with and without ``--largest-component`` and keeps the clean-up for the concepts whose
-per-subject 3D Dice it raises by more than ``MIN_CLEANUP_GAIN``; ``--out/thresholds.json``.
+on every image) and keeps, per model, a threshold per concept: the one with the highest valid Dice on
+that concept among those where it fires on <= 5% of the valid images of other datasets (its false
+detections), ties to the higher; for the base's 3D concepts (CHAOS, MS-CMRSeg, BraTS) the Dice is
+per-subject 3D Dice on the valid volumes, swept with and without ``--largest-component``, and the
+clean-up is kept for a concept where it raises that Dice by more than ``MIN_CLEANUP_GAIN``. Prompts
+outside the table get the model's one threshold (the highest mean Dice over its concepts among those
+with <= 5% false detections on all absent prompts); ``--out/thresholds.json``.
 ``test`` reads them and writes ``--out/test.json`` + ``--out/test.md`` (``render`` rewrites
 ``test.md`` from ``test.json``):
 
@@ -50,7 +52,7 @@ ADAPTERS = {"hc18": "fetal head", "ph2": "skin lesion"}
 # Concepts a dataset shows without labelling them: not absent, so not a false detection there ("brain"
 # on a brain MR, the stomach and aorta on an abdominal MR). Reported apart from the false detections.
 VISIBLE_UNLABELLED = {"brats": {"brain"}, "chaos": {"stomach", "aorta"}}
-MAX_FALSE_RATE = 0.05  # the threshold with the best valid Dice among those that fire on <= 5% of absent prompts
+MAX_FALSE_RATE = 0.05  # the threshold with the best valid Dice among those with <= 5% false detections
 SWEEP = ["0.1", "0.15", "0.2", "0.25", "0.3", "0.4", "0.5", "0.6", "0.7"]
 VOLUME_DATASETS = ("chaos", "mscmr", "brats")  # the base's 3D datasets: where a 3D clean-up can matter
 MIN_CLEANUP_GAIN = 0.005  # valid Dice a concept must gain from --largest-component to get it (noise below)
@@ -136,24 +138,82 @@ def thresholds(args: argparse.Namespace) -> dict:
             scores[t] = sum(pc) / len(pc)
             absent = [r for r in rs if not present(r)]
             false_rates[t] = sum(float(r["pred_size_px"]) > 0 for r in absent) / max(len(absent), 1)
-        allowed = [t for t in scores if false_rates[t] <= MAX_FALSE_RATE] or [min(false_rates, key=false_rates.get)]
-        best = max(allowed, key=lambda t: (round(scores[t], 4), t))  # ties: the higher, fewer false detections
-        chosen[name] = {"threshold": best, "valid_dice": scores, "valid_false_detection_rate": false_rates}
+        best = pick(scores, false_rates)
+        dice_2d, false_2d = concept_sweep(rows)
+        table = {c: pick(dice_2d[c], false_2d[c]) for c in dice_2d}
+        chosen[name] = {
+            "threshold": best,
+            "valid_dice": scores,
+            "valid_false_detection_rate": false_rates,
+            "concept_thresholds": table,
+            "valid_concept_dice": dice_2d,
+            "valid_concept_false_detection_rate": false_2d,
+        }
         print(
             f"{name}: threshold {best} (valid Dice {scores[best]:.3f}, false detections {false_rates[best]:.3f})",
             file=sys.stderr,
         )
         if name == "base":
-            chosen[name].update(choose_cleanup(args, margs, best))
+            three = choose_3d(args, margs, false_2d)
+            table.update(three.pop("concept_thresholds"))
+            chosen[name].update(three)
+        for c, t in chosen[name]["concept_thresholds"].items():
+            print(f"{name}: {c} at {t}", file=sys.stderr)
     path.write_text(json.dumps(chosen, indent=1))
     return chosen
+
+
+def pick(dice: dict[float, float], false_rate: dict[float, float]) -> float:
+    """The threshold with the best Dice among those with <= MAX_FALSE_RATE false detections; ties: the higher."""
+    allowed = [t for t in dice if false_rate.get(t, 0.0) <= MAX_FALSE_RATE] or [min(false_rate, key=false_rate.get)]
+    return max(allowed, key=lambda t: (round(dice[t], 4), t))
+
+
+def concept_sweep(rows: list[dict]) -> tuple[dict, dict]:
+    """Per concept and threshold: valid Dice, and the rate of images of other datasets where it fires.
+
+    "Other datasets": those that label none of it, less the ones that show it unlabelled
+    (``VISIBLE_UNLABELLED``), as in the test's false-detection table.
+    """
+
+    def dataset(r: dict) -> str:
+        return r["case_id"].split("_", 1)[0]
+
+    labels = defaultdict(set)
+    for r in rows:
+        if present(r):
+            labels[dataset(r)].add(r["concept"])
+    dice, fired = defaultdict(dict), defaultdict(lambda: defaultdict(list))
+    for (concept, t), rs in group(rows, lambda r: (r["concept"], float(r["threshold"]))).items():
+        d, n = mean_dice(rs)
+        if n:
+            dice[concept][t] = d
+        for r in rs:
+            ds = dataset(r)
+            if concept not in labels[ds] and concept not in VISIBLE_UNLABELLED.get(ds, ()):
+                fired[concept][t].append(float(r["pred_size_px"]) > 0)
+    false_rate = {c: {t: sum(fired[c][t]) / len(fired[c][t]) if fired[c][t] else 0.0 for t in dice[c]} for c in dice}
+    return dict(dice), false_rate
+
+
+def group(rows: list[dict], key) -> dict:
+    out = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return out
 
 
 def volume_dice(
     args: argparse.Namespace, margs: list[str], dataset: str, split: str, extra: list[str], out: Path
 ) -> dict:
     """Per-concept per-subject 3D Dice of one dataset's ``split`` subjects."""
-    rows = evaluate(
+    return per_concept(volume_rows(args, margs, dataset, split, extra, out))
+
+
+def volume_rows(
+    args: argparse.Namespace, margs: list[str], dataset: str, split: str, extra: list[str], out: Path
+) -> list[dict]:
+    return evaluate(
         [
             *margs,
             "--dataset",
@@ -164,7 +224,6 @@ def volume_dice(
         ],
         out,
     )
-    return per_concept(rows)
 
 
 def cleanup_args(concepts: list[str], dataset_concepts) -> list[str]:
@@ -173,28 +232,45 @@ def cleanup_args(concepts: list[str], dataset_concepts) -> list[str]:
     return ["--largest-component", *mine] if mine else []
 
 
-def choose_cleanup(args: argparse.Namespace, margs: list[str], threshold: float) -> dict:
-    """The concepts that keep only their largest 3D component: those it helps on the valid subjects."""
+def threshold_args(entry: dict) -> list[str]:
+    """medsam3-evaluate arguments scoring every concept at the threshold chosen for it on valid."""
+    out = ["--thresholds", str(entry["threshold"])]
+    for concept, t in entry.get("concept_thresholds", {}).items():
+        out += ["--concept-threshold", f"{concept}={t}"]
+    return out
+
+
+def choose_3d(args: argparse.Namespace, margs: list[str], false_2d: dict) -> dict:
+    """The base's 3D concepts: threshold and clean-up from per-subject 3D Dice on the valid volumes."""
     raw, kept = {}, {}
     for dataset in VOLUME_DATASETS:
-        t = ["--thresholds", str(threshold)]
-        raw.update(volume_dice(args, margs, dataset, "valid", t, args.out / "valid3d" / f"base_{dataset}"))
-        kept.update(
-            volume_dice(
-                args, margs, dataset, "valid", [*t, "--largest-component"], args.out / "valid3d" / f"base_{dataset}_lcc"
-            )
-        )
-    chosen = [c for c in raw if kept[c]["dice"] - raw[c]["dice"] > MIN_CLEANUP_GAIN]
-    for c in raw:
-        mark = "kept" if c in chosen else "not kept"
+        for flags, into, tag in (([], raw, ""), (["--largest-component"], kept, "_lcc")):
+            out = args.out / "valid3d" / f"base_{dataset}{tag}"
+            rows = volume_rows(args, margs, dataset, "valid", ["--thresholds", *SWEEP, *flags], out)
+            for (concept, t), rs in group(rows, lambda r: (r["concept"], float(r["threshold"]))).items():
+                d, n = mean_dice(rs)
+                if n:
+                    into.setdefault(concept, {})[t] = d
+    table, cleanup = {}, []
+    for c in [c for c in raw if c in false_2d]:  # the base's concepts (BraTS also labels tumour sub-regions)
+        fr = false_2d[c]
+        t_raw, t_kept = pick(raw[c], fr), pick(kept[c], fr)
+        gain = kept[c][t_kept] - raw[c][t_raw]
+        if gain > MIN_CLEANUP_GAIN:
+            table[c] = t_kept
+            cleanup.append(c)
+        else:
+            table[c] = t_raw
         print(
-            f"base, valid 3D: {c} {raw[c]['dice']:.3f} -> {kept[c]['dice']:.3f} largest component: {mark}",
+            f"base, valid 3D: {c} {raw[c][t_raw]:.3f} at {t_raw}, largest component {kept[c][t_kept]:.3f} at "
+            f"{t_kept}: {'kept' if c in cleanup else 'not kept'}",
             file=sys.stderr,
         )
     return {
-        "largest_component": chosen,
-        "valid_3d_dice": {c: v["dice"] for c, v in raw.items()},
-        "valid_3d_dice_largest_component": {c: v["dice"] for c, v in kept.items()},
+        "concept_thresholds": table,  # the 2D choice of the other concepts is replaced for these
+        "largest_component": cleanup,
+        "valid_3d_dice": raw,
+        "valid_3d_dice_largest_component": kept,
     }
 
 
@@ -252,12 +328,13 @@ def test(args: argparse.Namespace) -> dict:
     result.setdefault("dice", {})
     result.setdefault("false_detections", {})
     result["thresholds"] = {k: v["threshold"] for k, v in chosen.items()}
+    result["concept_thresholds"] = {k: v.get("concept_thresholds", {}) for k, v in chosen.items()}
 
     def wanted(name: str) -> bool:
         return not args.models or name in args.models
 
     def subject_dice(name: str, dataset: str, extra: list[str] = (), tag: str = "") -> dict:
-        t = ["--thresholds", str(chosen[name]["threshold"]), *extra]
+        t = [*threshold_args(chosen[name]), *extra]
         return volume_dice(
             args, model_args(args.runs, name), dataset, "test", t, args.out / "test" / f"{name}_{dataset}{tag}"
         )
@@ -290,8 +367,7 @@ def test(args: argparse.Namespace) -> dict:
                 "--split",
                 "test",
                 "--include-absent",
-                "--thresholds",
-                str(chosen[name]["threshold"]),
+                *threshold_args(chosen[name]),
             ],
             args.out / "test" / f"{name}_crosstest",
         )
@@ -331,21 +407,30 @@ def fmt(v: float) -> str:
 
 def markdown(result: dict) -> str:
     t = result["thresholds"]
+    own = result.get("concept_thresholds", {})
+
+    def threshold(name: str, concept: str) -> float:
+        return own.get(name, {}).get(concept, t[name])
+
     cleanup = result.get("largest_component", [])
     raw = result.get("dice_without_cleanup", {}).get("base", {})
     lines = [
-        f"### Base (threshold {t['base']}), per-subject 3D Dice on the test subjects",
+        "### Base, per-subject 3D Dice on the test subjects",
         "",
-        f"Largest 3D component kept (chosen on valid) for: {', '.join(cleanup) or 'none'}.",
+        f"Each concept at its threshold chosen on valid (other prompts: {t['base']}). Largest 3D component kept "
+        f"(chosen on valid) for: {', '.join(cleanup) or 'none'}.",
         "",
-        "| dataset | concept | Dice | without the clean-up | subjects |",
-        "| --- | --- | --- | --- | --- |",
+        "| dataset | concept | threshold | Dice | without the clean-up | subjects |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for dataset, concepts in result["dice"]["base"].items():
         for concept, v in concepts.items():
             note = "" if concept in result.get("base_concepts", [concept]) else " (not a base concept)"
             before = raw.get(dataset, {}).get(concept, {}).get("dice", float("nan"))
-            lines.append(f"| {dataset} | {concept}{note} | {fmt(v['dice'])} | {fmt(before)} | {v['cases']} |")
+            lines.append(
+                f"| {dataset} | {concept}{note} | {threshold('base', concept):g} | {fmt(v['dice'])} | {fmt(before)} "
+                f"| {v['cases']} |"
+            )
     lines += [
         "",
         "### Adapters, test subjects",
@@ -358,6 +443,11 @@ def markdown(result: dict) -> str:
         for name in ("lora_10", "lora_50", "lora_all", "full_all"):
             cells.append(fmt(result["dice"][f"{adapter}_{name}"][adapter][concept]["dice"]))
         lines.append(f"| {adapter} ({concept}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    for adapter, concept in ADAPTERS.items():
+        runs = ("lora_10", "lora_50", "lora_all", "full_all")
+        chosen = ", ".join(f"{r} {threshold(f'{adapter}_{r}', concept):g}" for r in runs)
+        lines.append(f"Threshold of {concept} (chosen on valid): base {threshold('base', concept):g}, {chosen}.")
     lines += [
         "",
         "### False detections (another dataset's concept; images with any predicted pixel)",

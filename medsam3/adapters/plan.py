@@ -173,6 +173,21 @@ class RunPlan:
             return self.threshold
         return self.concept_thresholds.get(_concept_key(prompt), self.threshold)
 
+    def with_concept_thresholds(self, overrides: dict[str, float], default: float | None = None) -> RunPlan:
+        """The plan with ``overrides`` (concept -> threshold) on top of the recorded table; ``default``, when
+        given, replaces the threshold and the recorded table (as ``--threshold`` does) before the overrides."""
+        for concept, value in overrides.items():
+            if not 0.0 <= value <= 1.0:
+                raise AdapterError(f"threshold for {concept!r} must be in [0, 1], got {value:g}")
+        table = {} if default is not None else dict(self.concept_thresholds)
+        table.update({_concept_key(k): float(v) for k, v in overrides.items()})
+        return dataclasses.replace(
+            self,
+            threshold=self.threshold if default is None else float(default),
+            threshold_source=self.threshold_source if default is None else "--thresholds",
+            concept_thresholds=table,
+        )
+
     def with_hub_checked(self) -> RunPlan:
         """The plan after the one hub probe (:func:`~medsam3.adapters.hub.prepare_hub`): what is missing, said now."""
         return dataclasses.replace(self, hub_offline=prepare_hub(self.cfg, self.adapter))

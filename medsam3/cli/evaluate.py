@@ -137,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
         "weights record, each concept at its own where they record one per concept, else 0.5; the same rule "
         "as infer_sam.py and the app)",
     )
+    e.add_argument(
+        "--concept-threshold",
+        action="append",
+        default=[],
+        metavar="CONCEPT=T",
+        help="score CONCEPT at threshold T only (repeatable, e.g. --concept-threshold 'left kidney=0.1'), as "
+        "weights that record one threshold per concept are scored; the other concepts at the one --thresholds "
+        "value (default: the weights' own)",
+    )
     e.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU per prompt; 1 disables (default 0.5)")
     e.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2.0)")
     e.add_argument(
@@ -205,6 +214,30 @@ def _datasets(args: argparse.Namespace):
     return coco, volumes
 
 
+def concept_threshold_option(values: list[str], thresholds: list[float] | None) -> dict[str, float]:
+    """``--concept-threshold CONCEPT=T`` entries as {concept: T}; a malformed one raises, naming the fix."""
+    from ..evaluation import EvaluationError
+
+    out: dict[str, float] = {}
+    for value in values:
+        concept, sep, number = value.rpartition("=")
+        try:
+            t = float(number) if sep and concept.strip() else None
+        except ValueError:
+            t = None
+        if t is None or not 0.0 <= t <= 1.0:
+            raise EvaluationError(
+                f"--concept-threshold {value!r}: expected CONCEPT=T with T in [0, 1], e.g. 'left kidney=0.1'"
+            )
+        out[concept.strip()] = t
+    if out and thresholds and len(thresholds) > 1:
+        raise EvaluationError(
+            "--concept-threshold scores each named concept at its own threshold; give at most one --thresholds "
+            "value (the threshold of the other concepts), not a sweep"
+        )
+    return out
+
+
 def _dataset_folder(args: argparse.Namespace):
     """The nnU-Net / MSD folder to evaluate (``--dataset``, or a ``--data-dir`` holding dataset.json), or None."""
     from ..evaluation import EvaluationError
@@ -225,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.postprocess3d import largest_component_option
 
     check_backend_flags(args, EvaluationError)
+    overrides = concept_threshold_option(args.concept_threshold, args.thresholds)
     cfg = load_config(args.config, args.set)
     folder = _dataset_folder(args)
     # fail on a bad data description before loading gigabytes of model
@@ -233,12 +267,14 @@ def run(args: argparse.Namespace) -> int:
 
     # Model, adapter, device and hub state decided once (adapter refused? something not cached? said before torch).
     plan = plan_run(cfg, args.weights, device=args.device)
+    if overrides:  # named concepts at their own, the rest at the one --thresholds value (or the weights' own)
+        plan = plan.with_concept_thresholds(overrides, args.thresholds[0] if args.thresholds else None)
     # Without --thresholds: the weights' own, one per concept where they record several (as infer_sam.py)
-    per_concept = not args.thresholds and bool(plan.concept_thresholds)
+    per_concept = bool(overrides) or (not args.thresholds and bool(plan.concept_thresholds))
     recorded = (plan.threshold, *plan.concept_thresholds.values()) if per_concept else (plan.threshold,)
     options = EvalOptions(
         protocols=tuple(args.protocol),
-        thresholds=tuple(args.thresholds) if args.thresholds else recorded,
+        thresholds=recorded if per_concept or not args.thresholds else tuple(args.thresholds),
         nms_iou=None if args.nms_iou >= 1.0 else args.nms_iou,
         nsd_tolerance=args.nsd_tolerance,
         include_absent=args.include_absent,
@@ -299,13 +335,14 @@ def run(args: argparse.Namespace) -> int:
     )
 
     lines = [format_table(summarize_rows(report.rows))] if report.rows else ["no results"]
-    for m in concept_means(report.rows) if report.rows else []:
+    for m in concept_means(report.rows, options.per_concept_thresholds) if report.rows else []:
+        at = "each concept at its own threshold" if m["threshold"] is None else f"threshold {m['threshold']:g}"
         lines.append(
-            f"mean Dice over concepts [{m['protocol']}, threshold {m['threshold']:g}]: {m['dice']:.4f} "
+            f"mean Dice over concepts [{m['protocol']}, {at}]: {m['dice']:.4f} "
             f"({len(m['per_concept'])} concepts)"
             + (f"; false positives on absent: {m['false_positive_rate']:.3f}" if m["n_absent"] else "")
         )
-    if len(options.thresholds) > 1:
+    if len(options.thresholds) > 1 and not options.per_concept_thresholds:  # a sweep, not one threshold each
         lines.append("\nbest threshold per concept (mean Dice):")
         lines += [
             f"  {b['concept']} [{b['protocol']}]: {b['threshold']:g} (Dice {b['dice_mean']:.4f})"

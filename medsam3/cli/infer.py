@@ -349,7 +349,10 @@ def _list_demo_concepts(cfg, values: list[str], plan_run) -> int:
     for value in values:
         plan = plan_run(cfg, value, check_hub=False)
         concepts = sorted({c for cs in plan.concepts.values() for c in cs})
-        sys.stdout.write(f"--weights {value} (threshold {plan.threshold:g}):\n" + "".join(f"  {c}\n" for c in concepts))
+        per = bool(plan.concept_thresholds)  # recorded one per concept: listed beside each (the rest: the one)
+        head = f"--weights {value} (threshold {plan.threshold:g}{', per concept:' if per else ''}):\n"
+        rows = [f"  {c}" + (f"  {plan.threshold_for(c):g}" if per else "") + "\n" for c in concepts]
+        sys.stdout.write(head + "".join(rows))
     return 0
 
 

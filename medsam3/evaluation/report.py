@@ -66,7 +66,7 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def concept_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def concept_means(rows: Sequence[Mapping[str, Any]], per_concept_thresholds: bool = False) -> list[dict[str, Any]]:
     """The one headline number per (protocol, threshold): mean Dice (and IoU) over concepts.
 
     The definition every Dice in medsam3 uses (``medsam3-evaluate``, trainer validation and the
@@ -74,10 +74,12 @@ def concept_means(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     of the union of the detections above the threshold against the union of its ground truth;
     averaged per concept over its cases (all modalities together), then over concepts, each concept
     weighing the same. Absent cases count only in ``false_positive_rate`` (any predicted pixel).
+    ``per_concept_thresholds``: each concept was scored at its own threshold, so one number per
+    protocol over them all (``threshold`` None), not one per threshold over the concepts it serves.
     """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["protocol"], float(r["threshold"])), []).append(r)
+        groups.setdefault((r["protocol"], None if per_concept_thresholds else float(r["threshold"])), []).append(r)
     out = []
     for (protocol, t), rs in groups.items():
         per_concept: dict[str, dict[str, Any]] = {}
@@ -288,7 +290,7 @@ def write_report(
         "n_evaluated": report.n_cases - len(report.failures),
         "n_rows": len(report.rows),
         "results": summary,
-        "concept_means": concept_means(report.rows),
+        "concept_means": concept_means(report.rows, report.options.per_concept_thresholds),
         "best_thresholds": best,
         "coco_map": report.coco_map,
         "failures": report.failures,

@@ -112,13 +112,20 @@ def test_demo_model_keeps_the_ct_organs_on_the_held_out_ct_slab(tmp_path):
 
 
 def test_list_concepts_names_every_shipped_weights_value(capsys):
+    from medsam3.adapters.plan import plan_run
+    from medsam3.config import load_config
+
     assert main(["--weights", "demo", "--list-concepts"]) == 0
     listed = capsys.readouterr().out
     assert demo_weights_values() == ["demo", "demo:hc18", "demo:ph2"]
     blocks = {}
     for block in listed.split("--weights ")[1:]:
         head, *concepts = block.strip().splitlines()
-        blocks[head.split(" ")[0]] = {c.strip() for c in concepts}
+        blocks[head.split(" ")[0]] = {c.strip().split("  ")[0] for c in concepts}
+        recorded = plan_run(load_config(None), head.split(" ")[0], check_hub=False)
+        for row in concepts:  # each concept's own threshold, where the weights record one per concept
+            name, _, shown = row.strip().partition("  ")
+            assert float(shown or recorded.threshold) == pytest.approx(recorded.threshold_for(name))
     assert set(blocks) == {"demo", "demo:hc18", "demo:ph2"}
     base = {"liver", "spleen", "left kidney", "right kidney", "myocardium", "left ventricle", "right ventricle"}
     assert base | {"brain tumor"} <= blocks["demo"] and "fetal head" not in blocks["demo"]
@@ -161,5 +168,8 @@ def test_demo_adapter_brings_its_own_threshold_and_concept(name):
     recorded = json.loads((DEMO / "adapters" / name / "medsam3_adapter.json").read_text())
     plan = plan_run(load_config(None), f"demo:{name}", check_hub=False)
     assert plan.threshold == pytest.approx(recorded["threshold"])  # the adapter's, not the base's
+    concept = "fetal head" if name == "hc18" else "skin lesion"
+    assert plan.threshold_for(concept) == pytest.approx(recorded["concept_thresholds"][concept])
+    assert plan.concept_thresholds == recorded["concept_thresholds"]  # the adapter's table, not the base's
     assert plan.cfg.model.name == str(DEMO / "model")
     assert {"fetal head", "skin lesion"} & set(plan.vocabulary) == {"fetal head" if name == "hc18" else "skin lesion"}

@@ -215,3 +215,39 @@ def test_weights_with_per_concept_thresholds_are_scored_at_each_concepts_own(tmp
     at_default = [swept[(r["case_id"], r["concept"], "0.3")]["pred_size_px"] for r in own_rows]
     assert [r["pred_size_px"] for r in own_rows] != at_default
     capsys.readouterr()
+
+
+def test_concept_threshold_scores_named_concepts_at_their_own(tmp_path, tiny_config, capsys):
+    """--concept-threshold 'CONCEPT=T' (how the demo's tables score per-concept thresholds chosen on valid):
+    the named concepts at their own, the rest at the one --thresholds value; rows equal a sweep's."""
+    src = _dataset(tmp_path / "Dataset914_Liver", n_cases=2)
+    base = ["--config", str(tiny_config), "--weights", "none", "-q", "--dataset", str(src)]
+    own, sweep = tmp_path / "own", tmp_path / "sweep"
+    flags = ["--concept-threshold", "LIVER=0.02", "--concept-threshold", "liver and tumor=0.2"]
+    assert main([*base, "--thresholds", "0.3", *flags, "--output-dir", str(own)]) == 0
+    out = capsys.readouterr().out
+    assert "each concept at its own threshold" in out and "best threshold per concept" not in out
+    assert main([*base, "--thresholds", "0.02", "0.2", "0.3", "--output-dir", str(sweep)]) == 0
+    own_rows = _rows(own)
+    expected = {"liver": "0.02", "liver and tumor": "0.2", "tumor": "0.3"}
+    assert {(r["concept"], r["threshold"]) for r in own_rows} == set(expected.items())
+    swept = {(r["case_id"], r["concept"], r["threshold"]): r for r in _rows(sweep)}
+    for row in own_rows:
+        match = swept[(row["case_id"], row["concept"], row["threshold"])]
+        assert (row["dice"], row["pred_size_px"]) == (match["dice"], match["pred_size_px"])
+    at_default = [swept[(r["case_id"], r["concept"], "0.3")]["pred_size_px"] for r in own_rows]
+    assert [r["pred_size_px"] for r in own_rows] != at_default  # the thresholds change the masks
+    # one headline over the concepts at their own thresholds (not one per threshold over a subset)
+    (means,) = json.loads((own / "summary.json").read_text())["concept_means"]
+    by_concept = {c: [float(r["dice"]) for r in own_rows if r["concept"] == c] for c in expected}
+    assert means["threshold"] is None and set(means["per_concept"]) == set(expected)
+    assert means["dice"] == pytest.approx(np.mean([np.mean(v) for v in by_concept.values()]))
+    capsys.readouterr()
+    # malformed, out of range, or beside a sweep: refused before the model loads, saying the form
+    for bad in (["--concept-threshold", "liver"], ["--concept-threshold", "liver=2"]):
+        assert main([*base, *bad, "--output-dir", str(tmp_path / "bad")]) == 2
+        assert "CONCEPT=T" in capsys.readouterr().err
+    sweep_flags = ["--thresholds", "0.2", "0.3", *flags]
+    assert main([*base, *sweep_flags, "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "at most one --thresholds" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "per_case.csv").exists()

@@ -233,6 +233,8 @@ class ImageResult:
     new_prompts: int
 
     warnings: list[str] = field(default_factory=list)
+    concept_thresholds: dict[str, float] = field(default_factory=dict)
+    """``per_concept``: each prompt's threshold by the weights' record (``threshold`` is then the recorded one)."""
 
     def timing(self) -> str:
         embed = (
@@ -277,6 +279,8 @@ class AppService:
         plan = getattr(predictor, "plan", None)
         self.default_threshold = plan.threshold if plan is not None else 0.5
         """Where the threshold slider starts: the run plan's (the same as infer_sam.py's and medsam3-evaluate's)."""
+        self.records_concept_thresholds = bool(plan is not None and plan.concept_thresholds)
+        """The weights record a threshold per concept: ``per_concept=True`` applies them, as infer_sam.py does."""
         self._own_work_dir = not work_dir
         self.base_model = getattr(getattr(predictor, "model", None), "name_or_path", None)
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="medsam3_app_"))
@@ -350,12 +354,20 @@ class AppService:
         return plan.check_prompts(prompts, self.allow_unknown) if plan is not None else []
 
     def segment_image(
-        self, upload: Upload, prompts: list[str], boxes: list[Box], threshold: float, nms_iou: float
+        self,
+        upload: Upload,
+        prompts: list[str],
+        boxes: list[Box],
+        threshold: float,
+        nms_iou: float,
+        per_concept: bool = False,
     ) -> ImageResult:
         """Detections for ``prompts`` (and exemplar ``boxes``, shared by all prompts) on a 2D upload.
 
         The vision encoder runs only for an image not in the cache; the prompt path only for
-        (prompt, boxes) pairs not run on this image before.
+        (prompt, boxes) pairs not run on this image before. ``per_concept`` (weights that record a
+        threshold per concept): each prompt at the weights' own threshold, as infer_sam.py without
+        ``--threshold`` applies them, instead of ``threshold`` for all.
         """
         if upload.kind != "image":
             raise ValueError("segment_image takes a 2D image; volumes go through segment_volume")
@@ -381,7 +393,9 @@ class AppService:
                 self._remember(
                     self._outputs, (upload.key, raw.prompt, boxes_key), raw.detached(), self._output_cache_size
                 )
-            results = self._filter(upload, prompts, boxes_key, threshold, nms_iou)
+            own = self._own_thresholds(prompts, per_concept)
+            threshold = self.default_threshold if own else threshold
+            results = self._filter(upload, prompts, boxes_key, threshold, nms_iou, own)
             seconds = time.perf_counter() - t1
         logger.info(
             "%s: %d prompt(s) (%d new) in %.2f s, embedding %s",
@@ -392,30 +406,40 @@ class AppService:
             "cached" if embed_seconds is None else f"{embed_seconds:.2f} s",
         )
         return ImageResult(
-            prompts, list(boxes), threshold, nms_iou, results, embed_seconds, seconds, len(missing), warnings
+            prompts, list(boxes), threshold, nms_iou, results, embed_seconds, seconds, len(missing), warnings, own
         )
 
-    def refilter(self, upload: Upload, previous: ImageResult, threshold: float, nms_iou: float) -> ImageResult:
+    def refilter(
+        self, upload: Upload, previous: ImageResult, threshold: float, nms_iou: float, per_concept: bool = False
+    ) -> ImageResult:
         """``previous`` with a new threshold and NMS IoU, from the cached raw outputs (no model pass)."""
         with self._lock:
             t0 = time.perf_counter()
             boxes_key = tuple(previous.boxes)
             if any((upload.key, p, boxes_key) not in self._outputs for p in previous.prompts):
                 raise UserError("these results left the cache (other images were run since); press Run again")
-            results = self._filter(upload, previous.prompts, boxes_key, threshold, nms_iou)
+            own = self._own_thresholds(previous.prompts, per_concept)
+            threshold = self.default_threshold if own else threshold
+            results = self._filter(upload, previous.prompts, boxes_key, threshold, nms_iou, own)
             seconds = time.perf_counter() - t0
         return ImageResult(
-            previous.prompts, previous.boxes, threshold, nms_iou, results, None, seconds, 0, previous.warnings
+            previous.prompts, previous.boxes, threshold, nms_iou, results, None, seconds, 0, previous.warnings, own
         )
 
-    def _filter(self, upload, prompts, boxes_key, threshold, nms_iou) -> list[Detections]:
+    def _own_thresholds(self, prompts: list[str], per_concept: bool) -> dict[str, float]:
+        """{prompt: the weights' threshold for it} with ``per_concept`` on weights that record one per concept."""
+        if not (per_concept and self.records_concept_thresholds):
+            return {}
+        return {p: self.predictor.plan.threshold_for(p) for p in prompts}
+
+    def _filter(self, upload, prompts, boxes_key, threshold, nms_iou, own: dict[str, float]) -> list[Detections]:
         size = upload.loaded.image.rgb.shape[:2]
         plan = getattr(self.predictor, "plan", None)
         out = []
         for prompt in prompts:
             key = (upload.key, prompt, boxes_key)
             self._outputs.move_to_end(key)
-            det = self._outputs[key].detections(size, threshold, nms_iou)
+            det = self._outputs[key].detections(size, own.get(prompt, threshold), nms_iou)
             det.unknown_concept = bool(plan is not None and plan.unknown_prompts([prompt]))
             out.append(det)
         return out
@@ -446,6 +470,7 @@ class AppService:
             paths,
             adapter=self.adapter,
             threshold=result.threshold,
+            **({"concept_thresholds": result.concept_thresholds} if result.concept_thresholds else {}),
             nms_iou=result.nms_iou,
         )
         dicom = image_dicom_outputs(  # a DICOM upload: seg.dcm and rtstruct.dcm too
@@ -455,7 +480,11 @@ class AppService:
             out_dir,
             auto_dicom_export(upload.loaded.path, self.base_model),
             adapter=self.adapter,
-            settings={"threshold": result.threshold, "nms_iou": result.nms_iou},
+            settings={
+                "threshold": result.threshold,
+                **({"concept_thresholds": result.concept_thresholds} if result.concept_thresholds else {}),
+                "nms_iou": result.nms_iou,
+            },
         )
         # overlay, detections.json, the masks, then the DICOM files
         return [written[0], written[-1], *written[1:-1], *(out_dir / f for f in dicom.values())]
@@ -475,15 +504,23 @@ class AppService:
 
     # -- volumes -----------------------------------------------------------------------------------
     def segment_volume(
-        self, upload: Upload, prompts: list[str], boxes: list[Box], threshold: float, nms_iou: float
+        self,
+        upload: Upload,
+        prompts: list[str],
+        boxes: list[Box],
+        threshold: float,
+        nms_iou: float,
+        per_concept: bool = False,
     ) -> VolumeResult:
         """Every slice for every prompt (:func:`medsam3.inference.volume.segment_volume`) and the files
-        ``infer_sam.py`` writes for a volume (``labels.nii.gz``, ``legend.json``, ``montage.png``)."""
+        ``infer_sam.py`` writes for a volume (``labels.nii.gz``, ``legend.json``, ``montage.png``);
+        ``per_concept`` as in :meth:`segment_image`."""
         if upload.kind != "volume":
             raise ValueError("segment_volume takes a volume; 2D images go through segment_image")
         warnings = self.check_prompts(prompts)
         box_list, box_labels = _box_options(boxes)
         volume = upload.loaded.volume
+        own = self._own_thresholds(prompts, per_concept)
         with self._lock:
             t0 = time.perf_counter()
             seg = segment_volume(
@@ -491,16 +528,18 @@ class AppService:
                 volume,
                 prompts,
                 axis="auto",
-                threshold=threshold,
+                threshold=None if own else threshold,
                 nms_iou=nms_iou,
                 boxes=box_list,
                 box_labels=box_labels,
                 description=upload.name,
             )
             seconds = time.perf_counter() - t0
+        threshold = self.default_threshold if own else threshold
         opts = InferenceOptions(
             prompts=prompts,
             threshold=threshold,
+            concept_thresholds=own,
             nms_iou=nms_iou,
             window=None if upload.window == "auto" else upload.window,
             axis="auto",

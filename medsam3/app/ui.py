@@ -135,16 +135,20 @@ class PageHandlers:
             _warned(result.warnings, f"{found} detection(s). {status}"),
         )
 
-    def run(self, upload, prompts_text, boxes_text, threshold, nms_iou, slice_index):
+    def run(self, upload, prompts_text, boxes_text, threshold, nms_iou, slice_index, per_concept=False):
         if upload is None:
             return None, None, [], None, "**Error:** upload an image or a volume first (or pick an example)"
         try:
             prompts = parse_prompts(prompts_text)
             boxes = parse_boxes(boxes_text)
             if upload.kind == "image":
-                result = self.service.segment_image(upload, prompts, boxes, float(threshold), float(nms_iou))
+                result = self.service.segment_image(
+                    upload, prompts, boxes, float(threshold), float(nms_iou), bool(per_concept)
+                )
                 return self.show_image_result(upload, result, result.timing())
-            result = self.service.segment_volume(upload, prompts, boxes, float(threshold), float(nms_iou))
+            result = self.service.segment_volume(
+                upload, prompts, boxes, float(threshold), float(nms_iou), bool(per_concept)
+            )
         except USER_ERRORS as exc:
             logger.warning("run on %s: %s", upload.name, exc)
             return None, None, [], None, _error(exc)
@@ -153,19 +157,23 @@ class PageHandlers:
         status = f"{len(prompts)} prompt(s) on {upload.n_slices} slices in {result.seconds:.2f} s"
         return result, overlay, table, [str(f) for f in result.files], _warned(result.warnings, status)
 
-    def refilter(self, upload, result, threshold, nms_iou):
+    def refilter(self, upload, result, threshold, nms_iou, per_concept=False):
         if upload is None or result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if isinstance(result, VolumeResult):
             note = "press **Run** to apply the new threshold / NMS to the whole volume"
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
         try:
-            new = self.service.refilter(upload, result, float(threshold), float(nms_iou))
+            new = self.service.refilter(upload, result, float(threshold), float(nms_iou), bool(per_concept))
         except USER_ERRORS as exc:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), _error(exc)
         return self.show_image_result(
             upload, new, f"re-filtered without the model in {new.prompt_seconds * 1000:.0f} ms"
         )
+
+    def set_threshold(self, upload, result, threshold, nms_iou):
+        """The slider moved: it now applies to every prompt (as --threshold does), so the per-concept box clears."""
+        return (*self.refilter(upload, result, threshold, nms_iou, False), False)
 
     def move_slice(self, upload, result, slice_index, boxes_text):
         picture = self.redraw(upload, boxes_text, slice_index)
@@ -214,6 +222,13 @@ def build_ui(service: AppService) -> gr.Blocks:
                 threshold = gr.Slider(
                     0, 1, value=service.default_threshold, step=0.01, label="Score threshold", elem_id="threshold"
                 )
+                per_concept = gr.Checkbox(
+                    value=service.records_concept_thresholds,
+                    visible=service.records_concept_thresholds,
+                    label="Each concept at the threshold the weights record for it (as infer_sam.py); "
+                    "moving the slider applies its value to every concept",
+                    elem_id="per_concept",
+                )
                 nms_iou = gr.Slider(0.05, 1, value=0.5, step=0.05, label="NMS IoU (1 = off)", elem_id="nms")
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
                 status = gr.Markdown("", elem_id="status")
@@ -242,13 +257,13 @@ def build_ui(service: AppService) -> gr.Blocks:
         )
         boxes.blur(h.redraw, [upload_state, boxes, slice_slider], [picture])
         result_outputs = [result_state, overlay, table, downloads, status]
-        run_inputs = [upload_state, prompts, boxes, threshold, nms_iou, slice_slider]
+        run_inputs = [upload_state, prompts, boxes, threshold, nms_iou, slice_slider, per_concept]
         run_button.click(h.run, run_inputs, result_outputs)
         prompts.submit(h.run, run_inputs, result_outputs)
-        for slider in (threshold, nms_iou):
-            slider.input(
-                h.refilter, [upload_state, result_state, threshold, nms_iou], result_outputs, trigger_mode="always_last"
-            )
+        filter_inputs = [upload_state, result_state, threshold, nms_iou]
+        threshold.input(h.set_threshold, filter_inputs, [*result_outputs, per_concept], trigger_mode="always_last")
+        for control in (nms_iou, per_concept):
+            control.input(h.refilter, [*filter_inputs, per_concept], result_outputs, trigger_mode="always_last")
         slice_slider.input(
             h.move_slice,
             [upload_state, result_state, slice_slider, boxes],

@@ -346,8 +346,11 @@ def test_demo_app_starts_at_the_recorded_threshold_and_refuses_unknown_concepts(
         message = _wait_text(page, "#status", "Error")
         assert "'pancreas' is not a concept this model was trained on" in message and "'liver'" in message
         page.fill("#prompts textarea", "liver")
+        assert page.is_checked("#per_concept input")  # the demo records a threshold per concept: applied
         page.click("#run")
         assert "detection(s)" in _wait_text(page, "#status", "detection(s)")
         _shot(page, "demo_unknown_concept.png")
+        _set_slider(page, "threshold", 0.05)  # the slider now holds for every concept, as --threshold does
+        page.wait_for_function("() => !document.querySelector('#per_concept input').checked")
     finally:
         context.close()

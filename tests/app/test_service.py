@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -202,3 +203,37 @@ def test_non_dicom_uploads_get_no_dicom_files(service, image_file):
     result = service.segment_image(upload, ["liver"], [], threshold=0.0, nms_iou=0.5)
     files = service.write_image_outputs(upload, result)
     assert not any(p.suffix == ".dcm" for p in files)
+
+
+def test_demo_weights_per_concept_thresholds_give_infer_sams_detections(tmp_path):
+    """Weights recording a threshold per concept (the demo): per_concept=True scores each prompt at its own,
+    as infer_sam.py without --threshold does (image and volume); off, the slider's value holds for all."""
+    from medsam3.adapters.plan import plan_run
+    from medsam3.inference.volume import segment_volume
+
+    predictor = Predictor.from_plan(plan_run(load_config(None), "demo", device="cpu", check_hub=False))
+    service = AppService(predictor, work_dir=tmp_path / "work")
+    assert service.records_concept_thresholds
+    examples = Path(__file__).resolve().parents[2] / "medsam3" / "demo" / "examples"
+    prompts = ["liver", "spleen", "aorta", "left kidney", "right kidney", "stomach"]
+    own = {p: predictor.plan.threshold_for(p) for p in prompts}
+    assert len(set(own.values())) > 1  # the demo records thresholds of their own
+
+    upload = service.open(examples / "ct_dicom_slice.dcm")
+    per_concept = service.segment_image(upload, prompts, [], threshold=0.0, nms_iou=0.5, per_concept=True)
+    predictor.set_image(upload.loaded.image.rgb)
+    _same(per_concept.results, predictor.predict(prompts, nms_iou=0.5))  # infer_sam.py's detections
+    assert per_concept.concept_thresholds == own and per_concept.threshold == predictor.plan.threshold
+    slider = service.refilter(upload, per_concept, 0.0, 0.5, per_concept=False)
+    assert sum(map(len, slider.results)) > sum(map(len, per_concept.results))  # 0.0 keeps more: it applies
+    files = service.write_image_outputs(upload, per_concept)
+    record = json.loads(next(p for p in files if p.name == "detections.json").read_text())
+    assert record["concept_thresholds"] == own
+
+    slab = service.open(examples / "ct_abdomen_slab.nii.gz")
+    volume = service.segment_volume(slab, prompts[:2], [], threshold=0.0, nms_iou=0.5, per_concept=True)
+    reference = segment_volume(predictor, slab.loaded.volume, prompts[:2], axis="auto", threshold=None)
+    np.testing.assert_array_equal(volume.seg.labels, reference.labels)
+    at_slider = service.segment_volume(slab, prompts[:2], [], threshold=0.0, nms_iou=0.5, per_concept=False)
+    assert (at_slider.seg.labels > 0).sum() > (volume.seg.labels > 0).sum()  # the slider's 0.0: more voxels
+    assert volume.legend["concept_thresholds"] == {p: own[p] for p in prompts[:2]}  # legend.json records them

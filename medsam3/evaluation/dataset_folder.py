@@ -10,9 +10,10 @@
   them); a label map that does not match its image, or holds values ``dataset.json`` does not name,
   fails that case (listed in the report, the others still count).
 * **Prediction.** What ``infer_sam.py`` does with the case's file: a volume is segmented slice by
-  slice along the same axis with :func:`medsam3.inference.volume.segment_volume` (the prompt's own
-  mask, before overlaps between prompts are resolved); a 2D image with one call of the predictor.
-  Each threshold is a run of its own. Only the ``text`` protocol.
+  slice along the same axis, in slice batches, as the volume-set path does it
+  (:meth:`.protocol.Evaluator.volume_masks`: the prompt's own mask, before overlaps between prompts
+  are resolved); a 2D image with one call of the predictor. One model pass per case: every swept
+  threshold is derived from it. Only the ``text`` protocol.
 * **Metrics.** :func:`medsam3.evaluation.metrics.compute_all` per case and concept: 3D Dice, IoU,
   NSD and HD95 with the volume's voxel spacing (2D files: 1 mm per pixel), rows and report files
   as for any other set (:mod:`.report`).

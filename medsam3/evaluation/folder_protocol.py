@@ -10,12 +10,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..inference.postprocess3d import largest_component_flags
-from ..inference.volume import segment_volume
 from ..io import ImageReadError, Volume, save_label_map
 from ..io.nnunet import DatasetCase, read_case_image, read_case_labels
 from .cases import CaseError, EvaluationError
 from .dataset_folder import FolderCases
-from .protocol import EvaluationReport, Evaluator, _slug_unique
+from .protocol import EvaluationReport, Evaluator, _slug_unique, semantic_masks
 
 __all__ = ["DatasetFolderEvaluator"]
 
@@ -42,24 +41,31 @@ class DatasetFolderEvaluator(Evaluator):
         used: set[str] = set()
         concept_slugs = {j: _slug_unique(folder.prompts[j], used) for j in chosen}
         keep = largest_component_flags(opts.largest_component, folder.prompts)
-        largest = [folder.prompts[j] for j in chosen if keep[j]]
+        prompts = {j: folder.prompts[j] for j in chosen}
+        if is_volume:  # one model pass for every threshold (the volume-set path's)
+            preds = self.volume_masks(
+                image,
+                prompts,
+                {j: gts[j] for j in chosen},
+                largest={folder.prompts[j] for j in chosen if keep[j]},
+                description=case.name,
+            )
+        else:
+            (dets,) = self.predictor.predict_images(
+                [image.rgb], list(prompts.values()), threshold=opts.keep_threshold, nms_iou=opts.nms_iou
+            )
+            preds = {
+                ("text", j, t): mask
+                for j, det in zip(chosen, dets)
+                for t, mask in semantic_masks(det, opts.thresholds).items()
+                if self.reports(folder.prompts[j], t)
+            }
         rows = []
         for t in opts.thresholds:
-            scored = [j for j in chosen if self.reports(folder.prompts[j], t)]  # per-concept thresholds: a subset
-            if not scored:
-                continue
-            prompts = [folder.prompts[j] for j in scored]
-            if is_volume:
-                seg = segment_volume(
-                    self.predictor, image, prompts, axis=opts.axis, slice_batch=opts.slice_batch, threshold=t,
-                    nms_iou=opts.nms_iou, largest_component=[p for p in largest if p in prompts],
-                    fill_holes=opts.fill_holes, description=case.name,
-                )  # fmt: skip
-                preds = seg.masks
-            else:
-                dets = self.predictor.predict_images([image.rgb], prompts, threshold=t, nms_iou=opts.nms_iou)[0]
-                preds = [d.semantic_mask() for d in dets]
-            for j, pred in zip(scored, preds):
+            for j in chosen:
+                pred = preds.get(("text", j, t))
+                if pred is None:  # per-concept thresholds: only the concept's own
+                    continue
                 concept = folder.dataset.concepts[j]
                 suffix = ".nii.gz" if is_volume else ".png"
                 path = self._prediction_path("text", t, slug, concept_slugs[j], suffix)

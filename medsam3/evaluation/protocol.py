@@ -264,42 +264,16 @@ class Evaluator:
                 case.label_path,
             )
             return []
-        axis = resolve_axis(volume, opts.axis)  # auto / a plane / a voxel axis, as in infer_sam.py
-        geo = volume.slice_geometry(axis)
-        n_slices = volume.num_slices(axis)
-        preds = {
-            (protocol, v, t): np.zeros(volume.shape, dtype=bool)
-            for protocol in opts.protocols
-            for v in concepts
-            for t in opts.thresholds
-            if self.reports(label_prompts[v], t)
-        }
-        index: list[Any] = [slice(None)] * 3
-        per_pass = opts.slice_batch or default_slice_batch(self.predictor.device)
-        starts = range(0, n_slices, per_pass)
-        for start in tqdm(starts, desc=f"{case.case_id} slices", unit="batch", leave=False, disable=None):
-            ks = list(range(start, min(n_slices, start + per_pass)))
-            images = [volume.slice_rgb(k, axis) for k in ks]
-            label_slices = [geo.to_display(np.take(labels, k, axis=geo.axis)) for k in ks]
-            plan, rows_in = [], []
-            for i in range(len(ks)):
-                for protocol in opts.protocols:
-                    for v in concepts:
-                        box = largest_component_box(label_slices[i] == v) if protocol == "text+box" else None
-                        plan.append((i, protocol, v))
-                        rows_in.append((i, label_prompts[v], _box_row(box)))
-            dets = _predict_rows(self.predictor, images, rows_in, opts.keep_threshold, opts.nms_iou)
-            for (i, protocol, v), det in zip(plan, dets):
-                index[geo.axis] = ks[i]
-                for t, mask in semantic_masks(det, opts.thresholds).items():
-                    if (protocol, v, t) in preds:
-                        preds[(protocol, v, t)][tuple(index)] = geo.from_display(mask)
-
         keep_largest = dict(
             zip(label_prompts, largest_component_flags(opts.largest_component, list(label_prompts.values())))
         )
-        if opts.fill_holes or any(keep_largest.values()):  # the clean-up infer_sam.py applies, on every threshold
-            preds = {k: clean_mask(m, keep_largest[k[1]], opts.fill_holes) for k, m in preds.items()}
+        preds = self.volume_masks(
+            volume,
+            {v: label_prompts[v] for v in concepts},
+            {v: labels == v for v in concepts},
+            largest={label_prompts[v] for v in concepts if keep_largest[v]},
+            description=case.case_id,
+        )
         case_slug = self._case_slug(case)
         used: set[str] = set()
         concept_slugs = {v: _slug_unique(label_prompts[v], used) for v in concepts}
@@ -326,6 +300,57 @@ class Evaluator:
                 )
             )
         return rows
+
+    def volume_masks(
+        self,
+        volume,
+        prompts: Mapping[Any, str],
+        truths: Mapping[Any, np.ndarray],
+        largest: set[str] = frozenset(),
+        description: str = "",
+    ) -> dict[tuple[str, Any, float], np.ndarray]:
+        """{(protocol, key, threshold): predicted 3D mask of ``prompts[key]``} from one model pass.
+
+        Slice-wise batched inference at the lowest threshold, as ``infer_sam.py`` slices a volume (the
+        prompt's own mask); every reported threshold derived from it (:func:`semantic_masks`), then the
+        clean-up infer_sam.py applies (``largest``: prompts that keep their largest component).
+        ``truths[key]`` (3D, bool) gives text+box its box per slice.
+        """
+        opts = self.options
+        axis = resolve_axis(volume, opts.axis)  # auto / a plane / a voxel axis, as in infer_sam.py
+        geo = volume.slice_geometry(axis)
+        n_slices = volume.num_slices(axis)
+        preds = {
+            (protocol, key, t): np.zeros(volume.shape, dtype=bool)
+            for protocol in opts.protocols
+            for key in prompts
+            for t in opts.thresholds
+            if self.reports(prompts[key], t)
+        }
+        index: list[Any] = [slice(None)] * 3
+        per_pass = opts.slice_batch or default_slice_batch(self.predictor.device)
+        starts = range(0, n_slices, per_pass)
+        for start in tqdm(starts, desc=f"{description} slices", unit="batch", leave=False, disable=None):
+            ks = list(range(start, min(n_slices, start + per_pass)))
+            images = [volume.slice_rgb(k, axis) for k in ks]
+            plan, rows_in = [], []
+            for i, k in enumerate(ks):
+                for protocol in opts.protocols:
+                    for key, prompt in prompts.items():
+                        box = None
+                        if protocol == "text+box":
+                            box = largest_component_box(geo.to_display(np.take(truths[key], k, axis=geo.axis)))
+                        plan.append((i, protocol, key))
+                        rows_in.append((i, prompt, _box_row(box)))
+            dets = _predict_rows(self.predictor, images, rows_in, opts.keep_threshold, opts.nms_iou)
+            for (i, protocol, key), det in zip(plan, dets):
+                index[geo.axis] = ks[i]
+                for t, mask in semantic_masks(det, opts.thresholds).items():
+                    if (protocol, key, t) in preds:
+                        preds[(protocol, key, t)][tuple(index)] = geo.from_display(mask)
+        if opts.fill_holes or largest:  # the clean-up infer_sam.py applies, on every threshold
+            preds = {k: clean_mask(m, prompts[k[1]] in largest, opts.fill_holes) for k, m in preds.items()}
+        return preds
 
     # -- driver --------------------------------------------------------------------------------
     def run(

@@ -75,6 +75,40 @@ def test_per_case_dice_equals_hand_computation(tmp_path, tiny_config, capsys):
     capsys.readouterr()
 
 
+def test_a_sweep_is_one_model_pass_with_infer_sams_masks(tmp_path, tiny_config, capsys, monkeypatch):
+    """Every swept threshold comes from one pass over the case, and each saved prediction is the mask
+    segment_volume (what infer_sam.py runs) gives at that threshold."""
+    from medsam3.config import load_config
+    from medsam3.inference.predictor import Predictor
+    from medsam3.inference.volume import segment_volume
+    from medsam3.io import load_volume
+
+    src = _dataset(tmp_path / "Dataset915_Liver", n_cases=1)
+    out = tmp_path / "eval"
+    passes = []
+    encode = Predictor.encode_images
+    monkeypatch.setattr(
+        Predictor, "encode_images", lambda self, images: passes.append(len(images)) or encode(self, images)
+    )
+    argv = ["--config", str(tiny_config), "--weights", "none", "-q", "--dataset", str(src), "--slice-batch", "1"]
+    assert main([*argv, "--thresholds", "0.02", "0.2", "0.3", "--output-dir", str(out)]) == 0
+    assert passes == [1, 1, 1]  # one vision pass per slice (3 slices), not one per threshold
+    rows = _rows(out)
+    assert {r["threshold"] for r in rows} == {"0.02", "0.2", "0.3"}
+    predictor = Predictor.from_config(load_config(tiny_config), weights="none")
+    volume = load_volume(src / "imagesTr" / "LIV_000_0000.nii.gz")
+    sizes = set()
+    for t in (0.02, 0.2, 0.3):
+        prompts = ["liver", "tumor", "liver and tumor"]
+        seg = segment_volume(predictor, volume, prompts, threshold=t, slice_batch=1)
+        for prompt, mask in zip(prompts, seg.masks):
+            (row,) = [r for r in rows if r["concept"] == prompt and float(r["threshold"]) == t]
+            np.testing.assert_array_equal(np.asarray(nib.load(out / row["prediction"]).dataobj) > 0, mask)
+            sizes.add(int(mask.sum()))
+    assert len(sizes) > 1  # thresholds inside the tiny model's score range: masks differ
+    capsys.readouterr()
+
+
 def test_cases_from_an_import_manifest(tmp_path, tiny_config, capsys):
     src = _dataset(tmp_path / "Dataset911_Liver", n_cases=4)
     imported = tmp_path / "imported"

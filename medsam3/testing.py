@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import CLIPTokenizer, Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+if TYPE_CHECKING:  # torch and transformers load inside the functions: `python -m medsam3.testing --help` is instant
+    from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3Processor
 
 __all__ = [
     "TINY_RESOLUTION",
@@ -31,6 +31,8 @@ _TEXT_CONTEXT = 32  # Sam3Processor pads prompts to 32 tokens
 
 def tiny_sam3_config(resolution: int = TINY_RESOLUTION, hidden: int = 32, vocab_size: int = 1024) -> Sam3Config:
     """SAM3 with every part present but 1-2 layers and ``hidden`` channels."""
+    from transformers import Sam3Config
+
     grid = resolution // 14
     tokenizer = tiny_tokenizer()
     return Sam3Config(
@@ -76,6 +78,9 @@ def tiny_sam3_config(resolution: int = TINY_RESOLUTION, hidden: int = 32, vocab_
 
 def tiny_tokenizer(words: tuple[str, ...] = ("liver", "tumor", "lesion", "kidney", "spleen")) -> CLIPTokenizer:
     """A byte-level CLIP BPE tokenizer with whole-word merges for a few medical words."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
     chars = sorted(set(bytes_to_unicode().values()))
     vocab: dict[str, int] = {}
     for c in chars:
@@ -97,6 +102,9 @@ def tiny_tokenizer(words: tuple[str, ...] = ("liver", "tumor", "lesion", "kidney
 
 def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, resolution: int = TINY_RESOLUTION) -> Path:
     """Write a loadable tiny SAM3 checkpoint + processor to ``out_dir`` and return it."""
+    import torch
+    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_tokenizer()
@@ -116,6 +124,9 @@ def random_sam3(size: str = "tiny", resolution: int | None = None, seed: int = 0
     Timing and memory depend on the architecture and resolution, not on the weights, so the
     full-size model measures what the released checkpoint would cost without the hub.
     """
+    import torch
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
     res = resolution or (TINY_RESOLUTION if size == "tiny" else 1008)
@@ -161,7 +172,8 @@ def build_tiny_video_checkpoint(out_dir: str | Path, seed: int = 0, resolution: 
     Like facebook/sam3 it also loads as an image model: ``Sam3Model.from_pretrained`` takes the
     detector (``detector_model.*`` weights) from it, so image and video paths share one checkpoint.
     """
-    from transformers import Sam2VideoVideoProcessor, Sam3VideoModel, Sam3VideoProcessor
+    import torch
+    from transformers import Sam2VideoVideoProcessor, Sam3ImageProcessor, Sam3VideoModel, Sam3VideoProcessor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +191,14 @@ def build_tiny_video_checkpoint(out_dir: str | Path, seed: int = 0, resolution: 
 
 def random_sam3_video(size: str = "tiny", resolution: int | None = None, seed: int = 0):
     """A SAM3 video model with random weights, ``"tiny"`` or ``"full"`` (SAM3's own architecture), and its processor."""
-    from transformers import Sam2VideoVideoProcessor, Sam3VideoConfig, Sam3VideoModel, Sam3VideoProcessor
+    import torch
+    from transformers import (
+        Sam2VideoVideoProcessor,
+        Sam3ImageProcessor,
+        Sam3VideoConfig,
+        Sam3VideoModel,
+        Sam3VideoProcessor,
+    )
 
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")

@@ -22,6 +22,7 @@ from medsam3.testing import TINY_RESOLUTION, random_sam3  # noqa: E402
 from tests.conftest import random_peft_lora  # noqa: E402
 
 
+@pytest.mark.slow  # ~15 s: three ONNX exports and an int8 quantisation (the default run stays near 5 minutes)
 def test_vision_graph_matches_pytorch_with_the_adapter_merged_and_int8_stays_close(tmp_path):
     model, _ = random_sam3("tiny")
     peft = random_peft_lora(model)

@@ -115,6 +115,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # ~15 s: two training processes, one killed (the default run stays near 5 minutes)
 def test_kill_9_during_a_checkpoint_save_then_resume(tmp_path, tiny_checkpoint, shapes_dir, uninterrupted):
     out = tmp_path / "killed_out"
     cfg = _config(tmp_path, "killed", tiny_checkpoint, shapes_dir, out)

@@ -128,6 +128,7 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_checkpoint, shapes_dir):
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".old"))]
 
 
+@pytest.mark.slow  # ~15 s: two training processes, one interrupted (the default run stays near 5 minutes)
 def test_ctrl_c_saves_a_checkpoint_at_the_step_reached_and_resume_continues(tmp_path, tiny_checkpoint, shapes_dir):
     import signal
     import time

@@ -238,17 +238,23 @@ def test_weights_with_per_concept_thresholds_are_scored_at_each_concepts_own(tmp
     own, sweep = tmp_path / "own", tmp_path / "sweep"
     assert main([*base, "--output-dir", str(own)]) == 0
     assert main([*base, "--thresholds", "0.02", "0.2", "0.3", "--output-dir", str(sweep)]) == 0
-    own_rows = _rows(own)
     expected = {"liver": "0.02", "tumor": "0.2", "liver and tumor": "0.3"}  # the last: the recorded default
+    _rows_are_the_sweeps_at_each_own(own, sweep, expected, default="0.3")
+    capsys.readouterr()
+
+
+def _rows_are_the_sweeps_at_each_own(own: Path, sweep: Path, expected: dict, default: str) -> list[dict]:
+    """Each concept scored once, at its expected threshold, with the sweep's row there; and those
+    thresholds inside the tiny model's score range (other masks than at ``default``: the check has teeth)."""
+    own_rows = _rows(own)
     assert {(r["concept"], r["threshold"]) for r in own_rows} == set(expected.items())
     swept = {(r["case_id"], r["concept"], r["threshold"]): r for r in _rows(sweep)}
     for row in own_rows:
         match = swept[(row["case_id"], row["concept"], row["threshold"])]
         assert (row["dice"], row["pred_size_px"]) == (match["dice"], match["pred_size_px"])
-    # thresholds inside the tiny model's score range: a concept's own gives other masks than the default's
-    at_default = [swept[(r["case_id"], r["concept"], "0.3")]["pred_size_px"] for r in own_rows]
+    at_default = [swept[(r["case_id"], r["concept"], default)]["pred_size_px"] for r in own_rows]
     assert [r["pred_size_px"] for r in own_rows] != at_default
-    capsys.readouterr()
+    return own_rows
 
 
 def test_concept_threshold_scores_named_concepts_at_their_own(tmp_path, tiny_config, capsys):
@@ -262,15 +268,8 @@ def test_concept_threshold_scores_named_concepts_at_their_own(tmp_path, tiny_con
     out = capsys.readouterr().out
     assert "each concept at its own threshold" in out and "best threshold per concept" not in out
     assert main([*base, "--thresholds", "0.02", "0.2", "0.3", "--output-dir", str(sweep)]) == 0
-    own_rows = _rows(own)
     expected = {"liver": "0.02", "liver and tumor": "0.2", "tumor": "0.3"}
-    assert {(r["concept"], r["threshold"]) for r in own_rows} == set(expected.items())
-    swept = {(r["case_id"], r["concept"], r["threshold"]): r for r in _rows(sweep)}
-    for row in own_rows:
-        match = swept[(row["case_id"], row["concept"], row["threshold"])]
-        assert (row["dice"], row["pred_size_px"]) == (match["dice"], match["pred_size_px"])
-    at_default = [swept[(r["case_id"], r["concept"], "0.3")]["pred_size_px"] for r in own_rows]
-    assert [r["pred_size_px"] for r in own_rows] != at_default  # the thresholds change the masks
+    own_rows = _rows_are_the_sweeps_at_each_own(own, sweep, expected, default="0.3")
     # one headline over the concepts at their own thresholds (not one per threshold over a subset)
     (means,) = json.loads((own / "summary.json").read_text())["concept_means"]
     by_concept = {c: [float(r["dice"]) for r in own_rows if r["concept"] == c] for c in expected}

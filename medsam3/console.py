@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -119,11 +120,18 @@ def run_command(prog: str, command: Callable[[], int], verbose: bool = False, in
     """Run a command's body under the one error policy every front end shares.
 
     :class:`~medsam3.errors.UserError` -> one ``prog: error:`` line, exit 2 (with ``-v`` the traceback
-    too); Ctrl-C -> ``interrupted`` (what was kept, how to continue), exit 130; anything else is a
-    bug: its traceback and where to report it, exit 1.
+    too); Ctrl-C -> ``interrupted`` (what was kept, how to continue), exit 130; stdout's reader gone
+    (``| head``) -> exit 141, silently; anything else is a bug: its traceback and where to report it,
+    exit 1.
     """
     try:
         return command()
+    except BrokenPipeError:
+        # The reader of our output stopped reading (`... | head`): neither a bug nor the user's mistake.
+        # Point stdout at devnull so the interpreter's final flush does not fail again, and exit as a
+        # shell reports a command its reader cut off (128 + SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted{'; ' + interrupted if interrupted else ''}\n")
         return 130

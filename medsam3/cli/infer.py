@@ -350,7 +350,8 @@ def _list_demo_concepts(cfg, values: list[str], plan_run) -> int:
         plan = plan_run(cfg, value, check_hub=False)
         concepts = sorted({c for cs in plan.concepts.values() for c in cs})
         per = bool(plan.concept_thresholds)  # recorded one per concept: listed beside each (the rest: the one)
-        head = f"--weights {value} (threshold {plan.threshold:g}{', per concept:' if per else ''}):\n"
+        own = " for other prompts; each concept's own beside it" if per else ""
+        head = f"--weights {value} (threshold {plan.threshold:g}{own}):\n"
         rows = [f"  {c}" + (f"  {plan.threshold_for(c):g}" if per else "") + "\n" for c in concepts]
         sys.stdout.write(head + "".join(rows))
     return 0

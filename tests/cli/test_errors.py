@@ -72,3 +72,17 @@ def test_every_error_path_of_the_startup_benchmark_is_one_line_and_exit_2():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "unknown concept on the demo" in proc.stdout and "port in use" in proc.stdout
+
+
+def test_output_cut_off_by_its_reader_is_not_reported_as_a_bug():
+    """`infer_sam.py --list-concepts | head -1`: the reader leaves early; exit 141 quietly, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "infer_sam.py"), "--weights", "demo", "--list-concepts"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    proc.stdout.close()  # before the command writes anything (it is still importing)
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "bug" not in stderr

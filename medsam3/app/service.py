@@ -393,8 +393,7 @@ class AppService:
                 self._remember(
                     self._outputs, (upload.key, raw.prompt, boxes_key), raw.detached(), self._output_cache_size
                 )
-            own = self._own_thresholds(prompts, per_concept)
-            threshold = self.default_threshold if own else threshold
+            threshold, own = self._thresholds(prompts, threshold, per_concept)
             results = self._filter(upload, prompts, boxes_key, threshold, nms_iou, own)
             seconds = time.perf_counter() - t1
         logger.info(
@@ -418,19 +417,19 @@ class AppService:
             boxes_key = tuple(previous.boxes)
             if any((upload.key, p, boxes_key) not in self._outputs for p in previous.prompts):
                 raise UserError("these results left the cache (other images were run since); press Run again")
-            own = self._own_thresholds(previous.prompts, per_concept)
-            threshold = self.default_threshold if own else threshold
+            threshold, own = self._thresholds(previous.prompts, threshold, per_concept)
             results = self._filter(upload, previous.prompts, boxes_key, threshold, nms_iou, own)
             seconds = time.perf_counter() - t0
         return ImageResult(
             previous.prompts, previous.boxes, threshold, nms_iou, results, None, seconds, 0, previous.warnings, own
         )
 
-    def _own_thresholds(self, prompts: list[str], per_concept: bool) -> dict[str, float]:
-        """{prompt: the weights' threshold for it} with ``per_concept`` on weights that record one per concept."""
+    def _thresholds(self, prompts: list[str], threshold: float, per_concept: bool) -> tuple[float, dict[str, float]]:
+        """(threshold to record, {prompt: its own}): with ``per_concept`` on weights that record one per
+        concept, each prompt's own and the recorded default; else the slider's ``threshold`` for all."""
         if not (per_concept and self.records_concept_thresholds):
-            return {}
-        return {p: self.predictor.plan.threshold_for(p) for p in prompts}
+            return threshold, {}
+        return self.default_threshold, {p: self.predictor.plan.threshold_for(p) for p in prompts}
 
     def _filter(self, upload, prompts, boxes_key, threshold, nms_iou, own: dict[str, float]) -> list[Detections]:
         size = upload.loaded.image.rgb.shape[:2]
@@ -520,7 +519,7 @@ class AppService:
         warnings = self.check_prompts(prompts)
         box_list, box_labels = _box_options(boxes)
         volume = upload.loaded.volume
-        own = self._own_thresholds(prompts, per_concept)
+        threshold, own = self._thresholds(prompts, threshold, per_concept)
         with self._lock:
             t0 = time.perf_counter()
             seg = segment_volume(
@@ -535,7 +534,6 @@ class AppService:
                 description=upload.name,
             )
             seconds = time.perf_counter() - t0
-        threshold = self.default_threshold if own else threshold
         opts = InferenceOptions(
             prompts=prompts,
             threshold=threshold,

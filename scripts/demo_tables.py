@@ -244,7 +244,7 @@ def choose_3d(args: argparse.Namespace, margs: list[str], false_2d: dict) -> dic
     """The base's 3D concepts: threshold and clean-up from per-subject 3D Dice on the valid volumes."""
     raw, kept = {}, {}
     for dataset in VOLUME_DATASETS:
-        for flags, into, tag in (([], raw, ""), (["--largest-component"], kept, "_lcc")):
+        for flags, into, tag in ((["--no-largest-component"], raw, ""), (["--largest-component"], kept, "_lcc")):
             out = args.out / "valid3d" / f"base_{dataset}{tag}"
             rows = volume_rows(args, margs, dataset, "valid", ["--thresholds", *SWEEP, *flags], out)
             for (concept, t), rs in group(rows, lambda r: (r["concept"], float(r["threshold"]))).items():
@@ -343,7 +343,7 @@ def test(args: argparse.Namespace) -> dict:
         cleanup = chosen["base"].get("largest_component", [])
         result["largest_component"] = cleanup
         for dataset in DATASETS:
-            raw = subject_dice("base", dataset)
+            raw = subject_dice("base", dataset, ["--no-largest-component"])  # whatever the weights record
             extra = cleanup_args(cleanup, raw) if dataset in VOLUME_DATASETS else []
             result["dice"].setdefault("base", {})[dataset] = (
                 subject_dice("base", dataset, extra, "_lcc") if extra else raw

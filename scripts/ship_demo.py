@@ -46,6 +46,10 @@ THRESHOLD_RULE = (
     " other datasets' images (the base's 3D concepts: per-subject 3D Dice); other prompts: the highest mean Dice"
     " over the concepts with <= 5% false detections (scripts/demo_tables.py)"
 )
+CLEANUP_RULE = (
+    "3D: keep the largest 26-connected component where it raised the concept's per-subject valid Dice by > 0.005"
+    " at its chosen threshold (scripts/demo_tables.py)"
+)
 # dataset -> (weights value, concepts, licence line)
 EXAMPLES = {
     "chaos": ("demo", ["liver", "right kidney", "left kidney", "spleen"], "CHAOS, CC BY-NC-SA 4.0"),
@@ -60,10 +64,16 @@ EXAMPLES = {
 }
 
 
-def _record_threshold(path: Path, chosen: dict) -> None:
+def record_choices(path: Path, chosen: dict) -> None:
+    """Write what was chosen on valid into the weights' metadata: thresholds, and the 3D clean-up where chosen."""
     meta = json.loads(path.read_text())
     table = {c: t for c, t in chosen.get("concept_thresholds", {}).items() if c in meta["concepts"]}
     meta.update(threshold=chosen["threshold"], concept_thresholds=table, threshold_rule=THRESHOLD_RULE, card="MODEL.md")
+    if "largest_component" in chosen:  # the base's organs: infer_sam.py, the app and the evaluator apply it
+        meta.update(
+            largest_component=[c for c in chosen["largest_component"] if c in meta["concepts"]],
+            largest_component_rule=CLEANUP_RULE,
+        )
     path.write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -99,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     (DEMO / "model").mkdir(parents=True)
     for name in MODEL_FILES:
         shutil.copyfile(args.runs / "base" / "best_model" / name, DEMO / "model" / name)
-    _record_threshold(DEMO / "model" / "medsam3_model.json", thresholds["base"])
+    record_choices(DEMO / "model" / "medsam3_model.json", thresholds["base"])
     for adapter in ("hc18", "ph2"):
         target = DEMO / "adapters" / adapter
         target.mkdir(parents=True)
         chosen = checkpoint(args.runs / f"{adapter}_lora_all", ADAPTERS[adapter], "lora_weights")
         for name in ADAPTER_FILES:
             shutil.copyfile(chosen / name, target / name)
-        _record_threshold(target / "medsam3_adapter.json", thresholds[f"{adapter}_lora_all"])
+        record_choices(target / "medsam3_adapter.json", thresholds[f"{adapter}_lora_all"])
 
     examples = DEMO / "examples"
     for old in examples.glob("*"):

@@ -7,6 +7,7 @@ From a config and the command-line flags, :func:`plan_run` settles
 - the detection threshold: ``--threshold`` > the value recorded by the adapter > the value
   recorded by the base model > 0.5, plus per-concept values where the metadata records them;
 - the concepts the model and adapter were trained on (an empty vocabulary = open vocabulary);
+- the 3D clean-up the weights record (concepts that keep their largest connected component);
 - the device and precision (flag > ``hardware.*``);
 - whether the hub is usable (one probe per run; offline reads the cache only).
 
@@ -66,6 +67,17 @@ class RecordedMetadata:
     concepts: tuple[str, ...] = ()
     threshold: float | None = None
     concept_thresholds: dict[str, float] = field(default_factory=dict)
+    largest_component: tuple[str, ...] | None = None
+    """Concepts whose 3D masks keep their largest connected component (None: not recorded)."""
+
+
+def _string_list(meta: dict, key: str, path: Path) -> list[str] | None:
+    listed = meta.get(key)
+    if listed is None:
+        return None
+    if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+        raise AdapterError(f"{path}: {key!r} must be a list of strings; fix or delete the file")
+    return listed
 
 
 def _threshold_value(value: object, path: Path, key: str) -> float | None:
@@ -87,6 +99,7 @@ def read_recorded(directory: str | Path) -> RecordedMetadata:
     concepts: list[str] = []
     threshold: float | None = None
     per_concept: dict[str, float] = {}
+    largest: tuple[str, ...] | None = None
     for name in (MODEL_METADATA, ADAPTER_METADATA):
         path = directory / name
         if not path.is_file():
@@ -98,10 +111,9 @@ def read_recorded(directory: str | Path) -> RecordedMetadata:
         if not isinstance(meta, dict):
             raise AdapterError(f"{path}: expected a JSON object; restore it from the training output or delete it")
         for key in ("concepts", "base_concepts"):
-            listed = meta.get(key) or []
-            if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
-                raise AdapterError(f"{path}: {key!r} must be a list of strings; fix or delete the file")
-            concepts += listed
+            concepts += _string_list(meta, key, path) or []
+        recorded_largest = _string_list(meta, "largest_component", path)
+        largest = tuple(recorded_largest) if recorded_largest is not None else largest
         recorded = _threshold_value(meta.get("threshold"), path, "threshold")
         threshold = recorded if recorded is not None else threshold
         table = meta.get("concept_thresholds") or {}
@@ -109,7 +121,7 @@ def read_recorded(directory: str | Path) -> RecordedMetadata:
             raise AdapterError(f"{path}: 'concept_thresholds' must map concept -> threshold; fix or delete the file")
         for concept, value in table.items():
             per_concept[str(concept)] = _threshold_value(value, path, f"concept_thresholds[{concept!r}]")
-    return RecordedMetadata(tuple(dict.fromkeys(concepts)), threshold, per_concept)
+    return RecordedMetadata(tuple(dict.fromkeys(concepts)), threshold, per_concept, largest)
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,8 @@ class RunPlan:
     precision: str
     hub_offline: bool
     """True: read the hub cache only (offline or unreachable)."""
+    largest_component: tuple[str, ...] = ()
+    """Concepts (as recorded) whose 3D masks keep their largest connected component unless a flag says otherwise."""
 
     @property
     def cfg(self) -> Config:
@@ -172,6 +186,10 @@ class RunPlan:
         if self.threshold_source == "--threshold":
             return self.threshold
         return self.concept_thresholds.get(_concept_key(prompt), self.threshold)
+
+    def largest_component_for(self, prompt: str) -> bool:
+        """Whether the weights record the largest-component clean-up for this prompt's concept."""
+        return _concept_key(prompt) in {_concept_key(c) for c in self.largest_component}
 
     def with_concept_thresholds(self, overrides: dict[str, float], default: float | None = None) -> RunPlan:
         """The plan with ``overrides`` (concept -> threshold) on top of the recorded table; ``default``, when
@@ -249,6 +267,7 @@ def plan_run(
     recorded_value: float | None = None
     recorded_from = ""
     per_concept: dict[str, float] = {}
+    largest: tuple[str, ...] = ()
     for folder in _metadata_dirs(sources):
         meta = read_recorded(folder)
         if meta.concepts:
@@ -258,6 +277,8 @@ def plan_run(
         if meta.threshold is not None:  # a later (adapter) record wins over the base's, table and all
             per_concept = {}
         per_concept.update({_concept_key(k): v for k, v in meta.concept_thresholds.items()})
+        if meta.largest_component is not None:  # an adapter that records its own clean-up replaces the base's
+            largest = meta.largest_component
     if threshold is not None:
         chosen, origin = float(threshold), "--threshold"
     elif recorded_value is not None:
@@ -276,6 +297,7 @@ def plan_run(
         device=device,
         precision=precision or sources.cfg.hardware.precision,
         hub_offline=hub_offline,
+        largest_component=largest,
     )
     return plan
 

@@ -40,6 +40,7 @@ from ..inference.batch import InferenceOptions, write_volume_outputs
 from ..inference.dicom_export import auto_dicom_export, image_dicom_outputs
 from ..inference.inputs import LoadedInput, load_input
 from ..inference.postprocess import Detections
+from ..inference.postprocess3d import largest_component_option
 from ..inference.volume import VolumeSegmentation, resolve_axis, segment_volume
 from ..io import WINDOW_PRESETS
 from ..outputs import (
@@ -281,6 +282,8 @@ class AppService:
         """Where the threshold slider starts: the run plan's (the same as infer_sam.py's and medsam3-evaluate's)."""
         self.records_concept_thresholds = bool(plan is not None and plan.concept_thresholds)
         """The weights record a threshold per concept: ``per_concept=True`` applies them, as infer_sam.py does."""
+        self.largest_component = largest_component_option(None, recorded=plan.largest_component if plan else ())
+        """The 3D clean-up the weights record, applied to every volume as infer_sam.py applies it."""
         self._own_work_dir = not work_dir
         self.base_model = getattr(getattr(predictor, "model", None), "name_or_path", None)
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="medsam3_app_"))
@@ -531,6 +534,7 @@ class AppService:
                 nms_iou=nms_iou,
                 boxes=box_list,
                 box_labels=box_labels,
+                largest_component=self.largest_component,
                 description=upload.name,
             )
             seconds = time.perf_counter() - t0
@@ -543,6 +547,7 @@ class AppService:
             axis="auto",
             boxes=box_list,
             box_labels=box_labels,
+            largest_component=self.largest_component,
             progress=False,
             adapter=self.adapter,
             dicom=auto_dicom_export(volume.path, self.base_model),  # a DICOM upload: seg.dcm and rtstruct.dcm too

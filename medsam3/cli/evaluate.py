@@ -113,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="CONCEPT",
         help="keep only the largest connected component of each predicted volume, as infer_sam.py "
-        "--largest-component does; name concepts to limit it to those (default: off)",
+        "--largest-component does; name concepts to limit it to those (default: the concepts the weights "
+        "record, as infer_sam.py applies them)",
+    )
+    d3.add_argument(
+        "--no-largest-component",
+        action="store_true",
+        help="no largest-component clean-up, not even for the concepts the weights record",
     )
     d3.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in each predicted volume")
 
@@ -282,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
         axis=args.axis,
         window=args.window,
         coco_map=args.coco_map,
-        largest_component=largest_component_option(args.largest_component),
+        largest_component=largest_component_option(
+            args.largest_component, args.no_largest_component, plan.largest_component
+        ),
         fill_holes=args.fill_holes,
         per_concept_thresholds=per_concept,
     )

@@ -170,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CONCEPT",
         help="3D: keep only the largest connected component (26-connected) of each prompt's mask; "
         "name concepts to limit it to those, e.g. --largest-component liver spleen (organs are one "
-        "object, a multifocal tumour is not)",
+        "object, a multifocal tumour is not). Default: the concepts the weights record (--list-concepts "
+        "shows them; the demo records its organs)",
+    )
+    v.add_argument(
+        "--no-largest-component",
+        action="store_true",
+        help="3D: no largest-component clean-up, not even for the concepts the weights record",
     )
     v.add_argument("--fill-holes", action="store_true", help="3D: fill enclosed holes in each prompt's mask")
     v.add_argument(
@@ -278,10 +284,10 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[str], list, list[in
                     f"--image {args.image}: a folder is read as one DICOM series, and it holds no DICOM files; "
                     f"for a folder of images use --input-dir {args.image} --output-dir OUT"
                 )
-    if args.largest_component:  # names checked against the prompts before any model loads
-        from ..inference.postprocess3d import largest_component_flags
+    from ..inference.postprocess3d import largest_component_flags, largest_component_option
 
-        largest_component_flags(args.largest_component, prompts)
+    # names checked against the prompts (and the two flags against each other) before any model loads
+    largest_component_flags(largest_component_option(args.largest_component, args.no_largest_component), prompts)
     boxes = [*(args.box or []), *(args.neg_box or [])]
     labels = [1] * len(args.box or []) + [0] * len(args.neg_box or [])
     return prompts, boxes, labels
@@ -311,7 +317,9 @@ def _options(args: argparse.Namespace, plan, prompts: list[str], boxes, labels, 
         boxes=boxes or None,
         box_labels=labels or None,
         binary_masks=args.binary_masks,
-        largest_component=largest_component_option(args.largest_component),
+        largest_component=largest_component_option(
+            args.largest_component, args.no_largest_component, plan.largest_component
+        ),
         fill_holes=args.fill_holes,
         montage_slices=args.montage,
         progress=not quiet and sys.stderr.isatty(),  # bars only for people: no escape codes in log files
@@ -341,8 +349,12 @@ def _list_concepts(plan) -> int:
         sys.stdout.write("no recorded concepts (the model and adapter carry no medsam3 training metadata)\n")
         return 0
     for source, concepts in plan.concepts.items():
-        sys.stdout.write(f"{source}:\n" + "".join(f"  {c}\n" for c in concepts))
+        sys.stdout.write(f"{source}:\n" + "".join(f"  {c}{_cleanup_note(plan, c)}\n" for c in concepts))
     return 0
+
+
+def _cleanup_note(plan, concept: str) -> str:
+    return "  (3D: largest component)" if plan.largest_component_for(concept) else ""
 
 
 def _list_demo_concepts(cfg, values: list[str], plan_run) -> int:
@@ -352,7 +364,9 @@ def _list_demo_concepts(cfg, values: list[str], plan_run) -> int:
         per = bool(plan.concept_thresholds)  # recorded one per concept: listed beside each (the rest: the one)
         own = " for other prompts; each concept's own beside it" if per else ""
         head = f"--weights {value} (threshold {plan.threshold:g}{own}):\n"
-        rows = [f"  {c}" + (f"  {plan.threshold_for(c):g}" if per else "") + "\n" for c in concepts]
+        rows = [
+            f"  {c}" + (f"  {plan.threshold_for(c):g}" if per else "") + _cleanup_note(plan, c) + "\n" for c in concepts
+        ]
         sys.stdout.write(head + "".join(rows))
     return 0
 

@@ -16,6 +16,7 @@ import yaml
 
 from ..data.coco_records import CocoRecords
 from ..errors import UserError
+from ..inference.postprocess3d import RecordedConcepts
 from ..io import Volume
 from ..io.windows import WindowSpec, parse_window
 
@@ -102,7 +103,7 @@ class EvalOptions:
             raise EvaluationError(str(exc)) from exc
         object.__setattr__(self, "protocols", protocols)
         object.__setattr__(self, "thresholds", thresholds)
-        if not isinstance(self.largest_component, bool):
+        if not isinstance(self.largest_component, (bool, RecordedConcepts)):
             object.__setattr__(self, "largest_component", tuple(self.largest_component))
 
     @property

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..inference.distributed import DistInfo, gather_to_main, path_bytes, shard_by_size
 from ..inference.postprocess import Detections
-from ..inference.postprocess3d import clean_mask, keep_largest_component, largest_component_flags
+from ..inference.postprocess3d import RecordedConcepts, clean_mask, keep_largest_component, largest_component_flags
 from ..inference.volume import default_slice_batch, resolve_axis
 from ..io import ImageReadError, load_image2d, load_volume, save_label_map
 from ..outputs import encode_rle, prompt_slug
@@ -430,7 +430,8 @@ class Evaluator:
         if not (opts.largest_component or opts.fill_holes):
             return
         if concepts is None:
-            logger.warning("--largest-component / --fill-holes clean up 3D masks; this set has no volumes: ignored")
+            if opts.fill_holes or not isinstance(opts.largest_component, RecordedConcepts):  # asked for, not recorded
+                logger.warning("--largest-component / --fill-holes clean up 3D masks; this set has no volumes: ignored")
             return
         try:
             largest_component_flags(opts.largest_component, concepts)

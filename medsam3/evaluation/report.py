@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..inference.postprocess3d import RecordedConcepts
 from ..outputs import write_json
 from .cases import CSV_COLUMNS, METRICS
 from .metrics import summarize
@@ -283,6 +284,8 @@ def write_report(
     best = best_thresholds(report.rows)
     opts = asdict(report.options)
     opts["window"] = None if report.options.window is None else str(report.options.window)
+    if isinstance(report.options.largest_component, RecordedConcepts):  # the weights' list, as they record it
+        opts["largest_component"] = {"recorded": sorted(report.options.largest_component)}
     data = {
         **(dict(meta) if meta else {}),
         "options": opts,

@@ -20,11 +20,22 @@ __all__ = [
     "keep_largest_component",
     "largest_component_flags",
     "largest_component_option",
+    "RecordedConcepts",
     "voxel_volume_ml",
 ]
 
+
+class RecordedConcepts(frozenset):
+    """The concepts the weights record for the clean-up: prompts among them get it, the rest do not.
+
+    Unlike names given on the command line (where a name that is no prompt is a typo, refused), the
+    weights list every concept they know, most of which a given run does not ask for.
+    """
+
+
 LargestComponent = bool | Collection[str]
-"""True: every prompt; a collection of concept names: those prompts only (organs, not multifocal tumours)."""
+"""True: every prompt; a collection of concept names: those prompts only (organs, not multifocal tumours);
+a :class:`RecordedConcepts`: the weights' own list."""
 
 
 def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
@@ -49,11 +60,22 @@ def keep_largest_component(mask: np.ndarray, connectivity: int | None = None) ->
     return labels == int(np.argmax(sizes))
 
 
-def largest_component_option(values: Sequence[str] | None) -> LargestComponent:
-    """The ``--largest-component [CONCEPT ...]`` flag: absent -> off, alone -> every prompt, names -> those."""
-    if values is None:
+def largest_component_option(
+    values: Sequence[str] | None, off: bool = False, recorded: Collection[str] = ()
+) -> LargestComponent:
+    """The ``--largest-component [CONCEPT ...]`` / ``--no-largest-component`` flags: alone -> every prompt,
+    names -> those, ``off`` -> none; neither -> the concepts the weights record (``recorded``), if any."""
+    if off:
+        if values is not None:
+            raise UserError("--largest-component and --no-largest-component contradict each other; give one")
         return False
+    if values is None:
+        return RecordedConcepts(_key(c) for c in recorded) if recorded else False
     return tuple(values) or True
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split()).lower()
 
 
 def largest_component_flags(option: LargestComponent, prompts: Sequence[str]) -> list[bool]:
@@ -64,6 +86,8 @@ def largest_component_flags(option: LargestComponent, prompts: Sequence[str]) ->
     """
     if isinstance(option, bool):
         return [option] * len(prompts)
+    if isinstance(option, RecordedConcepts):
+        return [_key(p) in option for p in prompts]
     wanted = {c.strip().lower() for c in option}
     unknown = sorted(wanted - {p.strip().lower() for p in prompts})
     if unknown:

@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..io.volume import SliceGeometry, Volume, label_dtype
 from .postprocess import Detections
-from .postprocess3d import LargestComponent, clean_mask, largest_component_flags, voxel_volume_ml
+from .postprocess3d import (
+    LargestComponent,
+    RecordedConcepts,
+    clean_mask,
+    largest_component_flags,
+    voxel_volume_ml,
+)
 
 __all__ = ["AXIS_NAMES", "VolumeSegmentation", "resolve_axis", "segment_volume"]
 
@@ -242,6 +248,14 @@ def segment_volume(
                 owner[where] = geo.from_display(win.astype(owner.dtype))
             bar.update(len(ks))
     if any(keep_largest) or fill_holes:
+        if any(keep_largest):
+            logger.info(
+                "3D clean-up: the largest connected component of %s (%s)",
+                ", ".join(repr(p) for p, keep in zip(prompts, keep_largest) if keep),
+                "recorded in the weights; --no-largest-component keeps every component"
+                if isinstance(largest_component, RecordedConcepts)
+                else "--largest-component",
+            )
         masks = [clean_mask(m, keep, fill_holes) for m, keep in zip(masks, keep_largest)]
         labels = np.zeros_like(owner)
         for j, m in enumerate(masks):  # keep the winner where it survived the clean-up

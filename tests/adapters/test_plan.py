@@ -76,9 +76,21 @@ def test_demo_weights_use_their_recorded_threshold(tmp_path):
     assert json.loads(out.read_text())["threshold"] == pytest.approx(recorded)
 
 
+def test_demo_records_its_organs_clean_up_and_the_adapters_keep_it():
+    """The base's 3D clean-up (chosen on valid, MODEL.md) is part of every demo weights value: the adapters
+    add 2D concepts and record none of their own."""
+    recorded = json.loads((Path(DEMO_SLICE).parents[1] / "model" / "medsam3_model.json").read_text())
+    assert "liver" in recorded["largest_component"] and "brain tumor" not in recorded["largest_component"]
+    for value in ("demo", "demo:hc18", "demo:ph2"):
+        plan = plan_run(load_config(None), value, check_hub=False)
+        assert plan.largest_component == tuple(recorded["largest_component"])
+        assert plan.largest_component_for(" Liver ") and not plan.largest_component_for("brain tumor")
+
+
 def test_plain_weights_fall_back_to_the_default(tiny_config):
     plan = plan_run(load_config(tiny_config), "none", check_hub=False)
     assert (plan.threshold, plan.threshold_source, plan.concepts) == (DEFAULT_THRESHOLD, "default", {})
+    assert plan.largest_component == ()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +100,7 @@ def test_plain_weights_fall_back_to_the_default(tiny_config):
         (json.dumps({"threshold": 1.5}), "threshold must be a number in [0, 1]"),
         (json.dumps({"threshold": "0.3"}), "threshold must be a number in [0, 1]"),
         (json.dumps({"concept_thresholds": [0.3]}), "'concept_thresholds' must map"),
+        (json.dumps({"largest_component": "liver"}), "'largest_component' must be a list of strings"),
     ],
 )
 def test_bad_metadata_is_refused_not_ignored(tmp_path, tiny_config, metadata, message):

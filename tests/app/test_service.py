@@ -209,6 +209,7 @@ def test_demo_weights_per_concept_thresholds_give_infer_sams_detections(tmp_path
     """Weights recording a threshold per concept (the demo): per_concept=True scores each prompt at its own,
     as infer_sam.py without --threshold does (image and volume); off, the slider's value holds for all."""
     from medsam3.adapters.plan import plan_run
+    from medsam3.inference.postprocess3d import largest_component_option
     from medsam3.inference.volume import segment_volume
 
     predictor = Predictor.from_plan(plan_run(load_config(None), "demo", device="cpu", check_hub=False))
@@ -232,8 +233,14 @@ def test_demo_weights_per_concept_thresholds_give_infer_sams_detections(tmp_path
 
     slab = service.open(examples / "ct_abdomen_slab.nii.gz")
     volume = service.segment_volume(slab, prompts[:2], [], threshold=0.0, nms_iou=0.5, per_concept=True)
-    reference = segment_volume(predictor, slab.loaded.volume, prompts[:2], axis="auto", threshold=None)
+    # infer_sam.py's: each prompt at its own threshold, the recorded clean-up (liver and spleen keep their
+    # largest component)
+    cleanup = largest_component_option(None, recorded=predictor.plan.largest_component)
+    reference = segment_volume(
+        predictor, slab.loaded.volume, prompts[:2], axis="auto", threshold=None, largest_component=cleanup
+    )
     np.testing.assert_array_equal(volume.seg.labels, reference.labels)
+    assert volume.legend["largest_component"] == ["liver", "spleen"]
     at_slider = service.segment_volume(slab, prompts[:2], [], threshold=0.0, nms_iou=0.5, per_concept=False)
-    assert (at_slider.seg.labels > 0).sum() > (volume.seg.labels > 0).sum()  # the slider's 0.0: more voxels
+    assert sum(at_slider.seg.detections) > sum(volume.seg.detections)  # the slider's 0.0: more detections
     assert volume.legend["concept_thresholds"] == {p: own[p] for p in prompts[:2]}  # legend.json records them

@@ -124,8 +124,11 @@ def test_list_concepts_names_every_shipped_weights_value(capsys):
         blocks[head.split(" ")[0]] = {c.strip().split("  ")[0] for c in concepts}
         recorded = plan_run(load_config(None), head.split(" ")[0], check_hub=False)
         for row in concepts:  # each concept's own threshold, where the weights record one per concept
-            name, _, shown = row.strip().partition("  ")
+            row, marked, _ = row.strip().partition("  (3D: largest component)")
+            name, _, shown = row.partition("  ")
             assert float(shown or recorded.threshold) == pytest.approx(recorded.threshold_for(name))
+            assert bool(marked) == recorded.largest_component_for(name)  # the recorded clean-up, marked
+        assert any("(3D: largest component)" in row for row in concepts)
     assert set(blocks) == {"demo", "demo:hc18", "demo:ph2"}
     base = {"liver", "spleen", "left kidney", "right kidney", "myocardium", "left ventricle", "right ventricle"}
     assert base | {"brain tumor"} <= blocks["demo"] and "fetal head" not in blocks["demo"]

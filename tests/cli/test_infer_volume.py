@@ -357,3 +357,25 @@ def test_largest_component_typo_is_refused_before_the_model_loads(tmp_path, tiny
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "'livr'" in err and "liver, tumor" in err
+
+
+def test_weights_recording_the_clean_up_apply_it_unless_told_not_to(tmp_path, tiny_config, volume_file, injected):
+    """Weights that record ``largest_component`` (the demo: its organs) get it by default, for the recorded
+    concepts among the prompts only; --no-largest-component turns it off; the two flags together are refused."""
+    from tests.conftest import save_tiny_adapter
+
+    adapter = save_tiny_adapter(tiny_config, tmp_path / "adapter", {"largest_component": ["Liver", "spleen"]})
+    args = ["--config", tiny_config, "--image", volume_file, "--prompt", *PROMPTS, "--weights", adapter]
+    args += ["--window", "500,1000", "--montage", 0, "-q"]
+    liver, _, stray, tumor = structures()
+    for flags, cleaned in (([], ["liver"]), (["--no-largest-component"], False)):
+        out = tmp_path / f"seg{len(flags)}"
+        assert run_cli(*args, "--output-dir", out, *flags) == 0
+        expected = np.zeros(SHAPE, np.uint8)
+        expected[liver if cleaned else liver | stray] = 1
+        expected[tumor] = 2
+        np.testing.assert_array_equal(np.asarray(nib.load(out / "labels.nii.gz").dataobj), expected)
+        assert json.loads((out / "legend.json").read_text())["largest_component"] == cleaned
+    both = tmp_path / "both"
+    assert run_cli(*args, "--output-dir", both, "--largest-component", "--no-largest-component") == 2
+    assert not both.exists()

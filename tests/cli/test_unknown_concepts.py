@@ -52,7 +52,8 @@ def test_allowed_unknown_prompt_is_marked_and_its_overlap_with_liver_is_counted(
     argv = [*base, "--prompt", "liver", "liver tumor", "--allow-unknown", "--output-dir", str(tmp_path / "both")]
     assert infer_main(argv) == 0
     alone, both = _legend(tmp_path / "alone"), _legend(tmp_path / "both")
-    assert (alone["liver"]["voxels"], alone["liver"]["volume_ml"]) == (3290, 88.83)  # the README's quick start
+    assert (alone["liver"]["voxels"], alone["liver"]["volume_ml"]) == (3249, 87.723)  # the README's quick start
+    assert json.loads((tmp_path / "alone" / "legend.json").read_text())["largest_component"] == ["liver"]
     assert both["liver tumor"]["unknown_concept"] is True and both["liver"]["unknown_concept"] is False
     # A prompt's own mask does not depend on other prompts; its share of the label map is what is
     # left after the voxels the legend says went to the other prompt.

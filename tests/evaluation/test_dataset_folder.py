@@ -223,6 +223,35 @@ def test_largest_component_cleans_the_named_concepts_only(tmp_path, tiny_config,
     assert not (tmp_path / "typo" / "per_case.csv").exists()
 
 
+def test_weights_recording_the_clean_up_are_scored_with_it_as_infer_sam_applies_it(tmp_path, tiny_config):
+    """Weights recording ``largest_component`` (the demo's organs): evaluated with it by default, exactly as
+    --largest-component names those of the set's concepts; --no-largest-component gives the raw masks."""
+    from tests.conftest import save_tiny_adapter
+
+    adapter = save_tiny_adapter(tiny_config, tmp_path / "adapter", {"largest_component": ["liver", "spleen"]})
+    src = _dataset(tmp_path / "Dataset914_Liver", n_cases=2)
+    sweep = ["--thresholds", "0.1", "0.3", "0.5"]
+    base = ["--config", str(tiny_config), "--weights", str(adapter), "-q", "--dataset", str(src), *sweep]
+    runs = {"recorded": [], "named": ["--largest-component", "liver"], "off": ["--no-largest-component"]}
+    for name, flags in runs.items():
+        assert main([*base, *flags, "--output-dir", str(tmp_path / name)]) == 0
+    rows = {name: _rows(tmp_path / name) for name in runs}
+    cleaned = 0
+    for recorded, named, off in zip(rows["recorded"], rows["named"], rows["off"]):
+
+        def mask(name, row):
+            return np.asarray(nib.load(tmp_path / name / row["prediction"]).dataobj) > 0
+
+        np.testing.assert_array_equal(mask("recorded", recorded), mask("named", named))
+        assert recorded["dice"] == named["dice"]
+        if recorded["concept"] == "tumor":
+            np.testing.assert_array_equal(mask("recorded", recorded), mask("off", off))
+        cleaned += not np.array_equal(mask("recorded", recorded), mask("off", off))
+    assert cleaned, "no raw liver prediction had a second component: the test has no teeth"
+    options = json.loads((tmp_path / "recorded" / "summary.json").read_text())["options"]
+    assert options["largest_component"] == {"recorded": ["liver", "spleen"]}
+
+
 def test_weights_with_per_concept_thresholds_are_scored_at_each_concepts_own(tmp_path, tiny_config, capsys):
     """Weights recording a threshold per concept: without --thresholds each concept is scored at its own
     (as infer_sam.py applies them), the same rows a sweep over those thresholds gives for it."""

@@ -343,7 +343,7 @@ def test(args: argparse.Namespace) -> dict:
         cleanup = chosen["base"].get("largest_component", [])
         result["largest_component"] = cleanup
         for dataset in DATASETS:
-            raw = subject_dice("base", dataset, ["--no-largest-component"])  # whatever the weights record
+            raw = subject_dice("base", dataset, ["--no-largest-component"])  # raw, whatever the weights record
             extra = cleanup_args(cleanup, raw) if dataset in VOLUME_DATASETS else []
             result["dice"].setdefault("base", {})[dataset] = (
                 subject_dice("base", dataset, extra, "_lcc") if extra else raw

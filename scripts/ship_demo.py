@@ -7,8 +7,9 @@
 * ``medsam3/demo/adapters/NAME/``    the LoRA adapter trained on all NAME images (the checkpoint
   ``scripts/demo_tables.py`` measured: best valid Dice on the new concept), ``--weights demo:NAME``
 * the operating thresholds chosen on the valid split (``runs/demo/tables/thresholds.json``), one per
-  concept and one for any other prompt, recorded in ``medsam3_model.json`` / ``medsam3_adapter.json``,
-  where every command reads them
+  concept and one for any other prompt, and the base's 3D clean-up (the concepts that keep their
+  largest connected component), recorded in ``medsam3_model.json`` / ``medsam3_adapter.json``, where
+  every command reads them
 * ``medsam3/demo/examples/``         one held-out test image per dataset and its label map
   (``NAME_labels.png``: value = position in ``examples.json``'s ``labels`` list, 1-based). The image is
   chosen by its label alone (the test image holding the most labelled pixels of the dataset's concepts,

@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..data.coco_records import concept_key
 from ..errors import UserError
 
 __all__ = [
@@ -70,12 +71,8 @@ def largest_component_option(
             raise UserError("--largest-component and --no-largest-component contradict each other; give one")
         return False
     if values is None:
-        return RecordedConcepts(_key(c) for c in recorded) if recorded else False
+        return RecordedConcepts(concept_key(c) for c in recorded) if recorded else False
     return tuple(values) or True
-
-
-def _key(text: str) -> str:
-    return " ".join(text.split()).lower()
 
 
 def largest_component_flags(option: LargestComponent, prompts: Sequence[str]) -> list[bool]:
@@ -87,7 +84,7 @@ def largest_component_flags(option: LargestComponent, prompts: Sequence[str]) ->
     if isinstance(option, bool):
         return [option] * len(prompts)
     if isinstance(option, RecordedConcepts):
-        return [_key(p) in option for p in prompts]
+        return [concept_key(p) in option for p in prompts]
     wanted = {c.strip().lower() for c in option}
     unknown = sorted(wanted - {p.strip().lower() for p in prompts})
     if unknown:
